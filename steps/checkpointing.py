@@ -1,0 +1,615 @@
+"""Training checkpoints: atomic, resumable, local or on S3.
+
+Layout of one checkpoint ``<checkpoint_dir>/step_000001000/``::
+
+    model.safetensors     trainable weights only (the adapter + kept-trainable modules for LoRA), fp32  [DDP]
+    ema.safetensors       EMA shadow of the trainable weights (when EMA is on)                          [DDP]
+    optimizer.pt          AdamW state (torch.save of our own state dict; loaded with weights_only=True) [DDP]
+    dcp/                  model / optimizer / EMA shards through torch.distributed.checkpoint          [FSDP]
+    rng.pt                per-rank RNG states (torch, CUDA, numpy, python)
+    trainer_state.json    step, sampler position, scheduler state, best validation loss, ...
+    config.json           the resolved TrainConfig
+    norm_stats.json       the statistics the model was trained with
+    COMPLETE              written last; a checkpoint without it does not exist
+
+Atomicity: locally every file goes into ``.tmp-step_...`` next to the final folder, which is renamed
+with ``os.replace`` once COMPLETE is in it (a rename is atomic on one filesystem). S3 objects cannot be
+renamed, so files are uploaded under the final prefix and the ``COMPLETE`` object is put last; on
+delete the marker goes first. A run killed halfway leaves a folder/prefix without a marker, which
+``latest_step`` ignores and ``clean_incomplete`` removes.
+
+Our own checkpoints are trusted (DESIGN.md section 6): optimizer and RNG state go through
+``torch.save`` and come back with ``torch.load(weights_only=True)``; user-supplied weights never do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+COMPLETE = "COMPLETE"
+STEP_DIR_RE = re.compile(r"^step_(\d{9})$")
+# Called with each file name once it is durably written/uploaded (fault injection in tests).
+FileHook = Callable[[str], None]
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:09d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Stores: where checkpoints live
+# ---------------------------------------------------------------------------------------------
+
+
+class LocalStore:
+    """Checkpoints in a local (or shared network) folder."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.uri = str(self.root)
+
+    def complete_steps(self) -> list[int]:
+        if not self.root.is_dir():
+            return []
+        steps = []
+        for child in self.root.iterdir():
+            match = STEP_DIR_RE.match(child.name)
+            if match and (child / COMPLETE).is_file():
+                steps.append(int(match.group(1)))
+        return sorted(steps)
+
+    def staging_dir(self, step: int) -> Path:
+        """Where every rank writes the files of ``step`` (same path on every rank: shared folder)."""
+        return self.root / f".tmp-{step_dir_name(step)}"
+
+    def prepare(self, step: int) -> Path:
+        staging = self.staging_dir(step)
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        return staging
+
+    def commit(self, step: int, staging: Path, rank_files: list[str], *, is_main: bool,
+               hook: FileHook | None = None) -> None:  # fmt: skip
+        """Seal the staged folder (rank 0): marker, fsync, rename into place."""
+        del rank_files  # every rank already wrote into the shared staging folder
+        if not is_main:
+            return
+        _write_text(staging / COMPLETE, "ok\n")
+        _fsync_dir(staging)
+        final = self.root / step_dir_name(step)
+        if final.exists():  # re-saving a step (e.g. best and last coincide): swap atomically enough
+            trash = self.root / f".trash-{step_dir_name(step)}"
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(final, trash)
+            os.replace(staging, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+        _fsync_dir(self.root)
+
+    def fetch(self, step: int, *, rank: int = 0) -> Path:
+        del rank
+        return self.root / step_dir_name(step)
+
+    def read_json(self, step: int, name: str) -> dict:
+        return json.loads((self.root / step_dir_name(step) / name).read_text())
+
+    def delete(self, step: int) -> None:
+        folder = self.root / step_dir_name(step)
+        marker = folder / COMPLETE
+        if marker.exists():
+            marker.unlink()  # from now on it is not a checkpoint, even if the delete stops halfway
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def clean_incomplete(self) -> list[str]:
+        removed = []
+        if not self.root.is_dir():
+            return removed
+        for child in self.root.iterdir():
+            incomplete = STEP_DIR_RE.match(child.name) and not (child / COMPLETE).is_file()
+            if child.name.startswith((".tmp-", ".trash-")) or incomplete:
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child.name)
+        return removed
+
+
+class S3Store:
+    """Checkpoints under ``s3://bucket/prefix/``; completeness is the ``COMPLETE`` object, put last."""
+
+    def __init__(self, uri: str, client=None, cache_dir: str | os.PathLike | None = None) -> None:
+        if not uri.startswith("s3://"):
+            raise ValueError(f"checkpoint_dir: not an s3:// URI: {uri!r}")
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
+        if not bucket:
+            raise ValueError(f"checkpoint_dir: no bucket in {uri!r}")
+        self.uri = uri
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        if client is None:
+            import boto3
+
+            client = boto3.client("s3")
+        self.client = client
+        self.cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix="vla-sft-ckpt-"))
+
+    def _key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    def _list(self, prefix: str) -> list[str]:
+        keys, token = [], None
+        while True:
+            kwargs = {"Bucket": self.bucket, "Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self.client.list_objects_v2(**kwargs)
+            keys += [obj["Key"] for obj in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return keys
+            token = page["NextContinuationToken"]
+
+    def _step_keys(self) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        base = self._key("") + "/" if self.prefix else ""
+        for key in self._list(base):
+            first = key[len(base) :].split("/", 1)[0]
+            match = STEP_DIR_RE.match(first)
+            if match:
+                out.setdefault(int(match.group(1)), []).append(key)
+        return out
+
+    def complete_steps(self) -> list[int]:
+        return sorted(
+            step for step, keys in self._step_keys().items()
+            if self._key(step_dir_name(step), COMPLETE) in keys
+        )  # fmt: skip
+
+    def staging_dir(self, step: int) -> Path:
+        return self.cache_dir / "staging" / step_dir_name(step)
+
+    def prepare(self, step: int) -> Path:
+        staging = self.staging_dir(step)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        return staging
+
+    def commit(self, step: int, staging: Path, rank_files: list[str], *, is_main: bool,
+               hook: FileHook | None = None) -> None:  # fmt: skip
+        """Upload ``rank_files`` (paths relative to ``staging``) of this rank; rank 0 then puts the marker.
+
+        The caller puts a barrier between the uploads of all ranks and ``seal``.
+        """
+        for rel in rank_files:
+            self.client.upload_file(str(staging / rel), self.bucket, self._key(step_dir_name(step), rel))
+            if hook is not None:
+                hook(rel)
+
+    def seal(self, step: int) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(step_dir_name(step), COMPLETE), Body=b"ok\n")
+
+    def fetch(self, step: int, *, rank: int = 0) -> Path:
+        """Download the checkpoint into a per-rank cache folder and return it."""
+        dest = self.cache_dir / f"rank{rank}" / step_dir_name(step)
+        if (dest / COMPLETE).is_file():
+            return dest
+        base = self._key(step_dir_name(step)) + "/"
+        for key in self._list(base):
+            target = dest / key[len(base) :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.client.download_file(self.bucket, key, str(target))
+        return dest
+
+    def read_json(self, step: int, name: str) -> dict:
+        body = self.client.get_object(Bucket=self.bucket, Key=self._key(step_dir_name(step), name))["Body"]
+        return json.loads(body.read())
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            chunk = [{"Key": k} for k in keys[start : start + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk})
+
+    def delete(self, step: int) -> None:
+        marker = self._key(step_dir_name(step), COMPLETE)
+        self.client.delete_object(Bucket=self.bucket, Key=marker)  # marker first: never half-complete
+        self._delete_keys(self._list(self._key(step_dir_name(step)) + "/"))
+
+    def clean_incomplete(self) -> list[str]:
+        removed = []
+        for step, keys in self._step_keys().items():
+            if self._key(step_dir_name(step), COMPLETE) not in keys:
+                self._delete_keys(keys)
+                removed.append(step_dir_name(step))
+        return removed
+
+
+def open_store(uri: str, *, s3_client=None) -> LocalStore | S3Store:
+    return S3Store(uri, client=s3_client) if uri.startswith("s3://") else LocalStore(uri)
+
+
+# ---------------------------------------------------------------------------------------------
+# Retention
+# ---------------------------------------------------------------------------------------------
+
+
+def steps_to_keep(store, keep_last: int) -> tuple[list[int], int | None]:
+    """The last ``keep_last`` complete steps plus the best one by recorded validation loss."""
+    steps = store.complete_steps()
+    keep = steps[-keep_last:] if keep_last > 0 else []
+    best = best_step(store, steps)
+    if best is not None and best not in keep:
+        keep = sorted([*keep, best])
+    return keep, best
+
+
+def best_step(store, steps: list[int] | None = None) -> int | None:
+    best, best_loss = None, float("inf")
+    for step in steps if steps is not None else store.complete_steps():
+        loss = store.read_json(step, "trainer_state.json").get("val_loss")
+        if loss is not None and loss < best_loss:
+            best, best_loss = step, loss
+    return best
+
+
+def prune(store, keep_last: int) -> list[int]:
+    keep, _ = steps_to_keep(store, keep_last)
+    removed = [s for s in store.complete_steps() if s not in keep]
+    for step in removed:
+        store.delete(step)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state
+# ---------------------------------------------------------------------------------------------
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's RNG states, in types that ``torch.load(weights_only=True)`` accepts."""
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+    }  # fmt: skip
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))  # fmt: skip
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Small file helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json(path: Path, data: dict) -> None:
+    _write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+@dataclass
+class CheckpointInfo:
+    """What ``find_latest`` tells the trainer (decided on rank 0, shared with every rank)."""
+
+    step: int
+    uri: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Save / load the training state (collective: every rank calls these)
+# ---------------------------------------------------------------------------------------------
+
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+RNG_FILE = "rng.pt"
+STATE_FILE = "trainer_state.json"
+CONFIG_FILE = "config.json"
+NORM_STATS_FILE = "norm_stats.json"
+DCP_DIR = "dcp"
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters by name (for LoRA: the adapter and the modules kept trainable)."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_training_checkpoint(
+    ctx,
+    store,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    ema,
+    trainer_state: dict,
+    config_json: str,
+    norm_stats_path: str | os.PathLike,
+    fsdp: bool,
+    hook: FileHook | None = None,
+) -> None:
+    """Write one checkpoint atomically. Collective: every rank must call it with the same ``step``.
+
+    ``model`` is the unwrapped module (FSDP2 modules are sharded in place and used as they are).
+    ``hook(name)`` runs after each file is complete: tests use it to kill the process mid-checkpoint.
+    """
+    from safetensors.torch import save_file
+
+    from steps import distributed as D
+
+    local_shared = isinstance(store, LocalStore)
+    if ctx.is_main or not local_shared:
+        staging = store.prepare(step)
+    D.barrier(ctx)  # the shared staging folder exists before any rank writes into it
+    staging = store.staging_dir(step)
+    written: list[str] = []
+
+    def done(rel: str) -> None:
+        written.append(rel)
+        if hook is not None and local_shared:
+            hook(rel)
+
+    if fsdp:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        state = {
+            "model": {k: v for k, v in model.state_dict().items() if k in _trainable_names(model)},
+            "optim": get_optimizer_state_dict(model, optimizer),
+        }
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        dcp.save(state, checkpoint_id=str(staging / DCP_DIR))
+        for path in sorted((staging / DCP_DIR).iterdir()):
+            own = path.name.startswith(f"__{ctx.rank}_") if path.suffix == ".distcp" else ctx.is_main
+            if own:
+                done(f"{DCP_DIR}/{path.name}")
+    elif ctx.is_main:
+        save_file({k: v.float().contiguous().cpu() for k, v in trainable_state(model).items()},
+                  str(staging / MODEL_FILE))  # fmt: skip
+        fsync_file(staging / MODEL_FILE)
+        done(MODEL_FILE)
+        if ema is not None:
+            save_file({k: v.contiguous().cpu() for k, v in ema.state_dict().items()}, str(staging / EMA_FILE))
+            fsync_file(staging / EMA_FILE)
+            done(EMA_FILE)
+        torch.save(optimizer.state_dict(), staging / OPTIMIZER_FILE)
+        fsync_file(staging / OPTIMIZER_FILE)
+        done(OPTIMIZER_FILE)
+
+    rng_states = D.gather_objects(ctx, capture_rng())
+    if ctx.is_main:
+        torch.save(rng_states, staging / RNG_FILE)
+        fsync_file(staging / RNG_FILE)
+        done(RNG_FILE)
+        state = {**trainer_state, "step": step, "scheduler": scheduler.state_dict(),
+                 "world_size": ctx.world_size, "format": "dcp" if fsdp else "single"}  # fmt: skip
+        write_json(staging / STATE_FILE, state)
+        done(STATE_FILE)
+        _write_text(staging / CONFIG_FILE, config_json + "\n")
+        done(CONFIG_FILE)
+        shutil.copyfile(norm_stats_path, staging / NORM_STATS_FILE)
+        fsync_file(staging / NORM_STATS_FILE)
+        done(NORM_STATS_FILE)
+
+    if isinstance(store, S3Store):
+        store.commit(step, staging, written, is_main=ctx.is_main, hook=hook)
+        D.barrier(ctx)  # every rank's uploads are in before the marker
+        if ctx.is_main:
+            store.seal(step)
+            shutil.rmtree(staging, ignore_errors=True)
+    else:
+        D.barrier(ctx)  # every rank's shards are on disk before rank 0 renames the folder
+        store.commit(step, staging, written, is_main=ctx.is_main, hook=hook)
+    D.barrier(ctx)
+
+
+def _trainable_names(model: torch.nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def find_latest(ctx, store) -> int | None:
+    """The newest complete checkpoint's step as rank 0 sees it, agreed by every rank."""
+    from steps import distributed as D
+
+    step = store.complete_steps()[-1] if ctx.is_main and store.complete_steps() else None
+    return D.broadcast_object(ctx, step)
+
+
+def read_checkpoint_config(ctx, store, step: int) -> dict:
+    """The resolved config stored with a checkpoint (read on rank 0, shared)."""
+    from steps import distributed as D
+
+    data = store.read_json(step, CONFIG_FILE) if ctx.is_main else None
+    return D.broadcast_object(ctx, data)
+
+
+def load_training_checkpoint(
+    ctx,
+    store,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    ema,
+    fsdp: bool,
+) -> dict:
+    """Restore model, optimizer, scheduler, EMA and this rank's RNG; return the trainer state.
+
+    DDP: rank 0 reads the files and broadcasts the tensors, so every rank holds the same state even
+    when only rank 0 can see the folder. FSDP: each rank reads its own shards through DCP.
+    Raises ValueError (naming ``checkpoint_dir``) when the weights do not fit the model.
+    """
+    from safetensors.torch import load_file
+
+    from steps import distributed as D
+
+    names = _trainable_names(model)
+    if fsdp:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+        folder = store.fetch(step, rank=ctx.rank)
+        state = {
+            "model": {k: v for k, v in model.state_dict().items() if k in names},
+            "optim": get_optimizer_state_dict(model, optimizer),
+        }
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        try:
+            dcp.load(state, checkpoint_id=str(folder / DCP_DIR))
+        except Exception as exc:  # DCP raises a CheckpointException that wraps per-rank errors
+            raise ValueError(
+                f"checkpoint_dir: checkpoint {store.uri}/{step_dir_name(step)} does not fit this model: {exc}"
+            ) from exc
+        model.load_state_dict(state["model"], strict=False)
+        set_optimizer_state_dict(model, optimizer, state["optim"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        payload = None
+        if ctx.is_main:
+            payload = {
+                "trainer_state": json.loads((folder / STATE_FILE).read_text()),
+                "rng": torch.load(folder / RNG_FILE, weights_only=True),
+            }
+        payload = D.broadcast_object(ctx, payload)
+    else:
+        payload = None
+        if ctx.is_main:
+            folder = store.fetch(step, rank=0)
+            payload = {
+                "model": load_file(str(folder / MODEL_FILE)),
+                "optimizer": torch.load(folder / OPTIMIZER_FILE, weights_only=True),
+                "trainer_state": json.loads((folder / STATE_FILE).read_text()),
+                "rng": torch.load(folder / RNG_FILE, weights_only=True),
+            }
+            if ema is not None:
+                if not (folder / EMA_FILE).is_file():
+                    raise ValueError(f"checkpoint_dir: {step_dir_name(step)} has no EMA state but EMA is on")
+                payload["ema"] = load_file(str(folder / EMA_FILE))
+        # Check fit on rank 0 before broadcasting, then agree on the verdict.
+        error = _weights_mismatch(payload["model"], model, store, step) if ctx.is_main else None
+        error = D.broadcast_object(ctx, error)
+        if error:
+            raise ValueError(error)
+        payload = D.broadcast_tree(ctx, payload)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in payload["model"].items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(payload["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(payload["ema"])
+    trainer_state = payload["trainer_state"]
+    scheduler.load_state_dict(trainer_state["scheduler"])
+    rng = payload["rng"]
+    if trainer_state.get("world_size") == ctx.world_size and len(rng) == ctx.world_size:
+        restore_rng(rng[ctx.rank])
+    else:
+        import warnings
+
+        warnings.warn(
+            f"checkpoint {step_dir_name(step)} was written by {trainer_state.get('world_size')} ranks, "
+            f"this run has {ctx.world_size}: RNG states are not restored (data order and noise are "
+            "keyed by sample position and stay the same)",
+            stacklevel=2,
+        )
+    return trainer_state
+
+
+def _weights_mismatch(saved: dict[str, torch.Tensor], model: torch.nn.Module, store, step: int) -> str | None:
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(set(params) - set(saved))
+    unexpected = sorted(set(saved) - set(params))
+    shapes = [n for n in set(saved) & set(params) if tuple(saved[n].shape) != tuple(params[n].shape)]
+    if not (missing or unexpected or shapes):
+        return None
+    return (
+        f"checkpoint_dir: checkpoint {store.uri}/{step_dir_name(step)} is from a different model: "
+        f"{len(missing)} trainable weights missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+        f"(e.g. {unexpected[:3]}), {len(shapes)} with other shapes (e.g. {sorted(shapes)[:3]})"
+    )
+
+
+def load_weights_for_export(ctx, store, step: int, *, model: torch.nn.Module, ema, fsdp: bool) -> None:
+    """Put a checkpoint's trainable weights (and EMA) into ``model`` without touching optimizer state."""
+    from safetensors.torch import load_file
+
+    from steps import distributed as D
+
+    if fsdp:
+        import torch.distributed.checkpoint as dcp
+
+        names = _trainable_names(model)
+        folder = store.fetch(step, rank=ctx.rank)
+        state = {"model": {k: v for k, v in model.state_dict().items() if k in names}}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        dcp.load(state, checkpoint_id=str(folder / DCP_DIR))
+        model.load_state_dict(state["model"], strict=False)
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        return
+    payload = None
+    if ctx.is_main:
+        folder = store.fetch(step, rank=0)
+        payload = {"model": load_file(str(folder / MODEL_FILE))}
+        if ema is not None:
+            payload["ema"] = load_file(str(folder / EMA_FILE))
+    payload = D.broadcast_tree(ctx, payload)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in payload["model"].items():
+            params[name].copy_(value)
+    if ema is not None:
+        ema.load_state_dict(payload["ema"])

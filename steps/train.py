@@ -1,0 +1,753 @@
+"""Fine-tune pi0 / pi0.5 on a LeRobot dataset: ``main(config)`` for tests and the flow, ``__main__`` for torchrun.
+
+Features (each one a config field of ``TrainConfig``):
+
+- one code path for any world size: a single process (no process group), DDP, or FSDP2
+  (``fully_shard`` per transformer block, then the root); gloo on CPU, NCCL on CUDA;
+- global batch = world size x micro batch x accumulation; the loss is normalised by the element count
+  of the whole global batch, so any split gives the same update; DDP/FSDP gradient sync only on the
+  last micro-step; optimizer and scheduler step once per global step;
+- AdamW + warmup-cosine (or warmup-constant) from the config type's preset; gradient clipping with the
+  norm logged; EMA of the weights (default on for full fine-tuning, off for LoRA); bf16 autocast with
+  fp32 master weights on GPU; per-layer activation checkpointing;
+- a non-finite loss or gradient norm skips the optimizer step; ``max_nonfinite_steps`` in a row stop
+  the run (``NonFiniteLossError``) without writing a checkpoint, so the last good one stays the latest;
+- atomic checkpoints (local or ``s3://``) every ``save_every`` steps, at the end and at each new best
+  validation loss; the latest complete one is resumed exactly (same data order, noise, weights);
+- validation loss on held-out episodes every ``val_every`` steps with fixed noise and time;
+- a self-contained export folder at the end (``steps.export``);
+- rank-0 metrics to MLflow (optional, imported lazily) and a console progress line.
+
+Raises:
+    ValueError: a bad config, dataset, norm stats, tokenizer, pretrained weights or checkpoint, before
+        any training step (each message names the field).
+    NonFiniteLossError: too many non-finite steps in a row.
+
+torch and the model are imported inside functions: the flow imports this module at the top level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steps.train_config import LoraConfig, TrainConfig
+
+# Peak dense bf16 FLOP/s per GPU for MFU (H100/H200 SXM: 989 TFLOP/s; A100: 312).
+_PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped after too many consecutive non-finite losses / gradient norms."""
+
+
+@dataclass
+class TrainResult:
+    """What a training run did (returned by ``main`` on every rank; written as JSON by the CLI)."""
+
+    final_step: int
+    checkpoint_dir: str
+    last_checkpoint_step: int | None
+    best_step: int | None
+    best_val_loss: float | None
+    export_dir: str | None
+    resumed_from: int | None
+    world_size: int
+    # (step, loss) for every step this process ran, and (step, val loss) for every validation.
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    skipped_steps: int = 0
+    samples_per_s: float = float("nan")
+    data_wait_frac: float = float("nan")
+    mlflow_run_id: str | None = None
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.losses[-1][1] if self.losses else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss reduction and throughput accounting
+# ---------------------------------------------------------------------------------------------
+
+
+def loss_weights(batch: dict, per_element_shape, *, action_dim: int, reduction: str, mask_padded: bool):
+    """0/1 weights [B, H, 32] selecting the loss elements that count (DESIGN.md section 5).
+
+    ``all_dims``: openpi's mean over all 32 dims; ``real_dims``: only the robot's ``action_dim`` dims
+    (LeRobot); ``mask_padded`` also drops chunk steps past the episode end (``action_is_pad``).
+    """
+    import torch
+
+    b, h, d = per_element_shape
+    weights = torch.ones(b, h, d, device=batch["actions"].device)
+    if reduction == "real_dims":
+        weights[..., action_dim:] = 0
+    if mask_padded:
+        weights = weights * (~batch["action_is_pad"]).to(weights.dtype)[..., None]
+    return weights
+
+
+def flops_per_sample(model, *, trainable_towers: dict[str, bool]) -> float:
+    """Approximate training FLOPs per sample: 2 x params x tokens per tower, x3 if the tower's weights
+    train (forward + input grads + weight grads) else x2. Attention scores are left out (< ~10%)."""
+    cfg = model.config
+    image_tokens = 3 * cfg.siglip.num_patches
+    prefix = image_tokens + cfg.max_token_len
+    suffix = cfg.action_horizon + (0 if cfg.pi05 else 1)
+    tokens = {"vision": 3 * cfg.siglip.num_patches, "vlm": prefix, "expert": suffix}
+    counts = tower_param_counts(model)
+    total = 0.0
+    for tower, n in counts.items():
+        mult = 3.0 if trainable_towers.get(tower, True) else 2.0
+        total += mult * 2.0 * n * tokens[tower]
+    return total
+
+
+def tower_param_counts(model) -> dict[str, int]:
+    counts = {"vision": 0, "vlm": 0, "expert": 0}
+    seen = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen or "embed_tokens" in name or "lm_head" in name:
+            continue  # embeddings are lookups, not matmuls
+        seen.add(id(p))
+        if "vision_tower" in name or "multi_modal_projector" in name:
+            counts["vision"] += p.numel()
+        elif "language_model" in name:
+            counts["vlm"] += p.numel()
+        else:
+            counts["expert"] += p.numel()  # the expert and the action/time heads run on suffix tokens
+    return counts
+
+
+def peak_flops(device) -> float | None:
+    import torch
+
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in _PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def _kill_self() -> None:
+    """Fault injection: die like a preempted node (no cleanup, no flush)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer
+# ---------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """setup() -> train() -> export() -> cleanup(); ``main`` runs them in that order."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.raw_config = config
+
+    # --- setup ----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        import numpy as np
+        import torch
+
+        from data_adapters.config_types import get_config_type
+        from steps import checkpointing as ckpt
+        from steps import distributed as D
+
+        config = self.raw_config
+        # 1. Process group first: the world size decides micro batch and accumulation.
+        self.ctx = D.init_distributed(config.device, need_group=config.parallelism == "fsdp")
+        self.cfg = cfg = config.resolve(self.ctx.world_size)
+        self.ct = get_config_type(cfg.config_type)
+        self.accum = cfg.grad_accum_steps(self.ctx.world_size)
+        self.fsdp = cfg.parallelism == "fsdp"
+        self.device = self.ctx.device
+        precision = (
+            cfg.precision if cfg.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
+        )
+        self.precision = precision
+        # 2. Inputs are checked before anything expensive (every message names the field).
+        self.norm_stats, self.tokenizer = _check_inputs(cfg, self.ct)
+        self.store = ckpt.open_store(cfg.checkpoint_dir)
+        # 3. Resume decision on rank 0, shared by all; refuse a checkpoint of another model early.
+        if self.ctx.is_main:
+            removed = self.store.clean_incomplete()
+            if removed:
+                print(f"removed incomplete checkpoints: {removed}", file=sys.stderr)
+        self.resume_step = ckpt.find_latest(self.ctx, self.store)
+        if self.resume_step is not None:
+            _check_resume_config(cfg, ckpt.read_checkpoint_config(self.ctx, self.store, self.resume_step),
+                                 self.resume_step)  # fmt: skip
+        # 4. Model: same init on every rank (seed without rank), pretrained weights, LoRA.
+        torch.manual_seed(cfg.seed)
+        self.model = _build_model(cfg, self.ct, precision)
+        self.model.to(self.device)
+        # 5. Wrap: FSDP2 shards in place (blocks, then root); DDP wraps. Optimizer after wrapping.
+        self.wrapped = self._parallelize(self.model)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("lora: no trainable parameters after applying the LoRA preset")
+        preset = self.ct.train
+        fused = self.device.type == "cuda" and not self.fsdp
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.peak_lr, betas=preset.betas, eps=preset.eps,
+                                           weight_decay=cfg.weight_decay, fused=fused or None)  # fmt: skip
+        from steps.schedule import LrSchedule, build_scheduler
+
+        self.schedule = LrSchedule(cfg.peak_lr, cfg.warmup_steps, cfg.decay_steps, cfg.end_lr, cfg.schedule)
+        self.scheduler = build_scheduler(self.optimizer, self.schedule)
+        from steps.ema import EMA
+
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.use_ema else None
+        # 6. Training state (restored from the checkpoint when resuming).
+        self.step = 0
+        self.samples_seen = 0
+        self.best_val_loss: float | None = None
+        self.best_step: int | None = None
+        self.nonfinite_in_a_row = 0
+        self.skipped_steps = 0
+        if self.resume_step is not None:
+            state = ckpt.load_training_checkpoint(self.ctx, self.store, self.resume_step, model=self.model,
+                                                  optimizer=self.optimizer, scheduler=self.scheduler,
+                                                  ema=self.ema, fsdp=self.fsdp)  # fmt: skip
+            self.step = state["step"]
+            self.samples_seen = state["samples_seen"]
+            self.best_val_loss = state.get("best_val_loss")
+            self.best_step = state.get("best_step")
+            self.skipped_steps = state.get("skipped_steps", 0)
+            if self.ctx.is_main:
+                print(f"resumed from {self.store.uri}/{ckpt.step_dir_name(self.step)} "
+                      f"({self.samples_seen} samples seen)", file=sys.stderr)  # fmt: skip
+        else:
+            # Per-rank streams for anything random in the model (dropout); data randomness is keyed
+            # by sample position in the loader and does not use these.
+            torch.manual_seed(cfg.seed + 1_000_003 * self.ctx.rank)
+            np.random.seed((cfg.seed + 7919 * self.ctx.rank) % 2**32)
+            import random
+
+            random.seed(cfg.seed + 7919 * self.ctx.rank)
+        self.last_checkpoint_step = self.resume_step
+        # 7. Data: the sampler starts at the restored position (depends on step 6).
+        from steps.data_loader import build_loaders
+
+        self.loaders = build_loaders(
+            self.ct, self.norm_stats, self.tokenizer, dataset_root=cfg.dataset_root,
+            train_episodes=cfg.train_episodes, val_episodes=cfg.val_episodes if cfg.val_every else (),
+            global_batch=cfg.global_batch, micro_batch=cfg.micro_batch, world_size=self.ctx.world_size,
+            rank=self.ctx.rank, start_position=self.samples_seen, seed=cfg.seed, augment=cfg.augment,
+            num_workers=cfg.num_workers, val_samples=cfg.val_samples, pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        # 8. Logging (rank 0 only); metrics continue from the restored step.
+        from steps.metrics_logger import MetricsLogger
+
+        self.logger = MetricsLogger(rank=self.ctx.rank, tracking=cfg.mlflow, max_steps=cfg.max_steps,
+                                    start_step=self.step, tracking_uri=cfg.mlflow_tracking_uri,
+                                    experiment=cfg.mlflow_experiment)  # fmt: skip
+        self.logger.log_params({**cfg.flat_params(), "world_size": self.ctx.world_size,
+                                "grad_accum_steps": self.accum,
+                                "trainable_params": sum(p.numel() for p in trainable)})  # fmt: skip
+        self.metrics_file = open(cfg.metrics_file, "a") if (cfg.metrics_file and self.ctx.is_main) else None  # noqa: SIM115
+        towers = _trainable_towers(self.model)
+        self.flops_per_sample = flops_per_sample(self.model, trainable_towers=towers)
+        self.peak_flops = peak_flops(self.device)
+
+    def _parallelize(self, model):
+        import torch
+
+        if self.fsdp:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            mesh = init_device_mesh(self.device.type, (self.ctx.world_size,))
+            # Parameters are gathered in fp32 and the model autocasts internally, so norms, heads and
+            # embeddings keep openpi's fp32 treatment; gradients are reduced in fp32.
+            mp = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
+            for block in model.transformer_blocks():
+                fully_shard(block, mesh=mesh, mp_policy=mp)
+            fully_shard(model, mesh=mesh, mp_policy=mp)
+            return model
+        if self.ctx.active and self.ctx.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return DistributedDataParallel(model, device_ids=ids)
+        return model
+
+    # --- one optimizer step -------------------------------------------------------------------
+    def _no_sync(self, last: bool):
+        if self.fsdp:
+            self.wrapped.set_requires_gradient_sync(last)
+            return contextlib.nullcontext()
+        if not last and hasattr(self.wrapped, "no_sync"):
+            return self.wrapped.no_sync()
+        return contextlib.nullcontext()
+
+    def _to_device(self, batch: dict) -> dict:
+        import torch
+
+        def move(x):
+            if isinstance(x, torch.Tensor):
+                return x.to(self.device, non_blocking=True)
+            if isinstance(x, dict):
+                return {k: move(v) for k, v in x.items()}
+            return x
+
+        return move(batch)
+
+    def _weights(self, batch, shape):
+        return loss_weights(batch, shape, action_dim=self.ct.action_dim, reduction=self.cfg.loss_reduction,
+                            mask_padded=self.cfg.mask_padded_actions)  # fmt: skip
+
+    def train_step(self, micro_batches: list[dict]) -> tuple[float, float, bool]:
+        """Forward/backward over this rank's micro-batches, then one optimizer step if finite.
+
+        Returns (global mean loss, grad norm before clipping, whether the step was applied).
+        """
+        import torch
+
+        from steps import distributed as D
+
+        h = self.ct.action_horizon
+        # Denominator: the number of counted loss elements in the whole global batch.
+        if self.cfg.loss_reduction == "all_dims" and not self.cfg.mask_padded_actions:
+            denom = float(self.cfg.global_batch * h * 32)
+        else:
+            local = sum(float(self._weights(mb, mb["actions"].shape).sum()) for mb in micro_batches)
+            denom = max(D.all_reduce_sum(self.ctx, [local])[0], 1.0)
+        # DDP / FSDP average gradients over ranks; scale up so the result is sum / denom.
+        scale = self.ctx.world_size / denom
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for i, mb in enumerate(micro_batches):
+            noise, t = mb.pop("noise"), mb.pop("time")
+            mb.pop("position", None)
+            with self._no_sync(i == len(micro_batches) - 1):
+                per_element = self.wrapped(mb, noise, t)
+                weighted = (per_element * self._weights(mb, per_element.shape)).sum()
+                (weighted * scale).backward()
+            loss_sum += weighted.detach().double()
+        loss = D.all_reduce_sum(self.ctx, [float(loss_sum)])[0] / denom
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor; every rank gets the same total
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = float(grad_norm)
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm, finite
+
+    # --- validation ---------------------------------------------------------------------------
+    def validate(self) -> float | None:
+        import torch
+
+        from steps import distributed as D
+
+        if self.loaders.val is None:
+            return None
+        # DDP: the plain module (no collective in forward). FSDP: the sharded module, which every rank
+        # calls equally often (validation shards are the same size on every rank).
+        module = self.wrapped if self.fsdp else self.model
+        swap = self.ema.swap_into(self.model) if self.ema is not None else contextlib.nullcontext()
+        total, count = 0.0, 0.0
+        self.model.eval()
+        try:
+            with swap, torch.no_grad():
+                for batch in self.loaders.val:
+                    batch = self._to_device(batch)
+                    noise, t = batch.pop("noise"), batch.pop("time")
+                    batch.pop("position", None)
+                    per_element = module(batch, noise, t)
+                    w = self._weights(batch, per_element.shape)
+                    total += float((per_element * w).sum())
+                    count += float(w.sum())
+        finally:
+            self.model.train()
+        total, count = D.all_reduce_sum(self.ctx, [total, count])
+        return total / count if count else None
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def save(self, val_loss: float | None) -> None:
+        from steps import checkpointing as ckpt
+        from steps import distributed as D
+
+        cfg = self.cfg
+        hook = None
+        if cfg.fail_during_checkpoint_step == self.step:
+
+            def hook(name: str) -> None:  # noqa: ARG001 - any first file will do
+                _kill_self()
+
+        state = {
+            "samples_seen": self.samples_seen,
+            "optimizer_steps": int(self.scheduler.last_epoch),
+            "val_loss": val_loss,
+            "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
+            "skipped_steps": self.skipped_steps,
+            "seed": cfg.seed,
+            "global_batch": cfg.global_batch,
+        }
+        ckpt.save_training_checkpoint(self.ctx, self.store, self.step, model=self.model, optimizer=self.optimizer,
+                                      scheduler=self.scheduler, ema=self.ema, trainer_state=state,
+                                      config_json=cfg.to_json(), norm_stats_path=cfg.norm_stats_path,
+                                      fsdp=self.fsdp, hook=hook)  # fmt: skip
+        self.last_checkpoint_step = self.step
+        if self.ctx.is_main:
+            ckpt.prune(self.store, cfg.keep_last)
+        D.barrier(self.ctx)
+
+    # --- the loop -------------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        import torch
+
+        cfg = self.cfg
+        result = TrainResult(final_step=self.step, checkpoint_dir=self.store.uri,
+                             last_checkpoint_step=self.last_checkpoint_step, best_step=self.best_step,
+                             best_val_loss=self.best_val_loss, export_dir=None, resumed_from=self.resume_step,
+                             world_size=self.ctx.world_size, skipped_steps=self.skipped_steps,
+                             mlflow_run_id=self.logger.run_id)  # fmt: skip
+        self.wrapped.train()
+        data_iter = iter(self.loaders.train)
+        window = {"time": 0.0, "data": 0.0, "steps": 0}
+        total = {"time": 0.0, "data": 0.0, "steps": 0}
+        while self.step < cfg.max_steps:
+            t0 = time.perf_counter()
+            micro_batches = [self._to_device(next(data_iter)) for _ in range(self.accum)]
+            t_data = time.perf_counter() - t0
+            loss, grad_norm, applied = self.train_step(micro_batches)
+            self.step += 1
+            self.samples_seen += cfg.global_batch
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            dt = time.perf_counter() - t0
+            for acc in (window, total):
+                acc["time"] += dt
+                acc["data"] += t_data
+                acc["steps"] += 1
+            if applied:
+                self.nonfinite_in_a_row = 0
+            else:
+                self.nonfinite_in_a_row += 1
+                self.skipped_steps += 1
+                if self.ctx.is_main:
+                    print(f"step {self.step}: non-finite loss {loss} / grad norm {grad_norm}; optimizer step "
+                          f"skipped ({self.nonfinite_in_a_row} in a row)", file=sys.stderr)  # fmt: skip
+                if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+                    self.logger.close(status="FAILED")
+                    raise NonFiniteLossError(
+                        f"{self.nonfinite_in_a_row} non-finite steps in a row (last at step {self.step}: loss "
+                        f"{loss}, grad norm {grad_norm}); stopping. The last good checkpoint is "
+                        f"{self.store.uri} step {self.last_checkpoint_step}; lower peak_lr or check the data."
+                    )
+            result.losses.append((self.step, loss))
+            metrics = {"train/loss": loss, "train/grad_norm": grad_norm,
+                       "train/lr": self.optimizer.param_groups[0]["lr"], "train/skipped_steps": self.skipped_steps}  # fmt: skip
+            # Validation, best tracking and checkpoints.
+            val_loss = None
+            if self.loaders.val is not None and cfg.val_every and self.step % cfg.val_every == 0:
+                val_loss = self.validate()
+                if val_loss is not None:
+                    result.val_losses.append((self.step, val_loss))
+                    metrics["val/loss"] = val_loss
+            new_best = val_loss is not None and (self.best_val_loss is None or val_loss < self.best_val_loss)
+            if new_best:
+                self.best_val_loss, self.best_step = val_loss, self.step
+            self._write_metrics_file(metrics)
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps or val_loss is not None:
+                metrics.update(self._perf_metrics(window))
+                self.logger.log_metrics(metrics, self.step)
+                window = {"time": 0.0, "data": 0.0, "steps": 0}
+            if self.step % cfg.save_every == 0 or self.step == cfg.max_steps or new_best:
+                self.save(val_loss)
+                if cfg.fail_after_step == self.step:
+                    _kill_self()
+        self.logger.flush()
+        result.final_step = self.step
+        result.last_checkpoint_step = self.last_checkpoint_step
+        result.best_step, result.best_val_loss = self.best_step, self.best_val_loss
+        result.skipped_steps = self.skipped_steps
+        if total["steps"]:
+            result.samples_per_s = total["steps"] * cfg.global_batch / total["time"]
+            result.data_wait_frac = total["data"] / total["time"]
+        return result
+
+    def _perf_metrics(self, window: dict) -> dict[str, float]:
+        import torch
+
+        if not window["steps"] or window["time"] <= 0:
+            return {}
+        step_time = window["time"] / window["steps"]
+        samples_per_s = self.cfg.global_batch / step_time
+        out = {"perf/step_time_s": step_time, "perf/samples_per_s": samples_per_s,
+               "perf/data_wait_frac": window["data"] / window["time"]}  # fmt: skip
+        if self.device.type == "cuda":
+            out["perf/gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        if self.peak_flops:
+            out["perf/mfu"] = self.flops_per_sample * samples_per_s / (self.peak_flops * self.ctx.world_size)
+        return out
+
+    def _write_metrics_file(self, metrics: dict) -> None:
+        if self.metrics_file is not None:
+            self.metrics_file.write(json.dumps({"step": self.step, **metrics}) + "\n")
+            self.metrics_file.flush()
+
+    # --- export -----------------------------------------------------------------------------------
+    def export(self, result: TrainResult) -> None:
+        from steps import checkpointing as ckpt
+        from steps import distributed as D
+        from steps.export import write_export
+
+        cfg = self.cfg
+        source_step = self.step
+        source = "last"
+        if cfg.export_from == "best" and self.best_step is not None and self.best_step != self.step:
+            ckpt.load_weights_for_export(self.ctx, self.store, self.best_step, model=self.model, ema=self.ema,
+                                         fsdp=self.fsdp)  # fmt: skip
+            source_step, source = self.best_step, "best"
+        elif cfg.export_from == "best":
+            source = "best"
+        export_dir = cfg.export_dir or _default_export_dir(cfg)
+        model, ema_weights = self._gather_for_export()
+        if self.ctx.is_main:
+            write_export(model, export_dir, train_config=cfg, config_type=self.ct,
+                         norm_stats_path=cfg.norm_stats_path, tokenizer_path=cfg.tokenizer_path,
+                         step=source_step, source=source, ema_weights=ema_weights)  # fmt: skip
+            if cfg.checkpoint_dir.startswith("s3://") and cfg.export_dir is None:
+                print(f"export written to local {export_dir} (checkpoint_dir is on S3)", file=sys.stderr)
+        D.barrier(self.ctx)
+        result.export_dir = str(export_dir)
+
+    def _gather_for_export(self):
+        """A plain CPU/GPU model with full weights on rank 0 (collective under FSDP)."""
+        if not self.fsdp:
+            ema = self.ema.state_dict() if self.ema is not None else None
+            return self.model, ema
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(
+            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        ema = None
+        if self.ema is not None:
+            ema = {
+                k: v.full_tensor().cpu() if hasattr(v, "full_tensor") else v.cpu()
+                for k, v in self.ema.shadow.items()
+            }
+        if not self.ctx.is_main:
+            return None, None
+        model = _build_model(self.cfg, self.ct, self.precision, load_weights=False)
+        model.load_state_dict(full, strict=True)
+        return model, ema
+
+    def cleanup(self) -> None:
+        from steps import distributed as D
+
+        if getattr(self, "metrics_file", None) is not None:
+            self.metrics_file.close()
+        if hasattr(self, "logger"):
+            self.logger.close()
+        if hasattr(self, "ctx"):
+            D.cleanup(self.ctx)
+
+
+def main(config: TrainConfig) -> TrainResult:
+    """Train (resuming from the latest complete checkpoint in ``config.checkpoint_dir``) and export."""
+    trainer = Trainer(config)
+    try:
+        trainer.setup()
+        result = trainer.train()
+        trainer.export(result)
+        return result
+    finally:
+        trainer.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _default_export_dir(cfg: TrainConfig) -> str:
+    if cfg.checkpoint_dir.startswith("s3://"):
+        import tempfile
+
+        return tempfile.mkdtemp(prefix="vla-sft-export-")
+    return str(Path(cfg.checkpoint_dir) / "export")
+
+
+def _check_inputs(cfg: TrainConfig, ct):
+    """Dataset schema, norm stats dims and tokenizer, checked before the model is built."""
+    from data_adapters.config_types import validate_against_dataset
+    from data_adapters.normalization import NormStats
+    from data_adapters.tokenizer import PromptTokenizer
+
+    info_path = Path(cfg.dataset_root) / "meta" / "info.json"
+    if not info_path.is_file():
+        raise ValueError(f"dataset_root: {cfg.dataset_root} is not a LeRobot dataset (no meta/info.json)")
+    try:
+        validate_against_dataset(ct, json.loads(info_path.read_text()))
+    except ValueError as exc:
+        raise ValueError(
+            f"dataset_root: {cfg.dataset_root} does not match config type {ct.name!r}: {exc}"
+        ) from exc
+    if not Path(cfg.norm_stats_path).is_file():
+        raise ValueError(
+            f"norm_stats_path: {cfg.norm_stats_path} does not exist (run steps.norm_stats first)"
+        )
+    try:
+        stats = NormStats.load(cfg.norm_stats_path)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"norm_stats_path: {cfg.norm_stats_path} cannot be read: {exc}") from exc
+    for name, s, dim in (("state", stats.state, ct.state_dim), ("actions", stats.actions, ct.action_dim)):
+        if s.dim != dim:
+            raise ValueError(
+                f"norm_stats_path: {cfg.norm_stats_path} has {s.dim} {name} dims but the dataset / config type "
+                f"{ct.name!r} has {dim}; recompute the statistics for this dataset"
+            )
+    if not Path(cfg.tokenizer_path).is_file():
+        raise ValueError(f"tokenizer_path: {cfg.tokenizer_path} does not exist")
+    tokenizer = PromptTokenizer(cfg.tokenizer_path, ct.max_token_len)
+    from model_zoo.config import MODEL_BUNDLES
+
+    vocab = MODEL_BUNDLES[cfg.model_variant].vocab_size
+    if tokenizer.vocab_size > vocab:
+        raise ValueError(f"tokenizer_path: vocabulary of {tokenizer.vocab_size} tokens exceeds model_variant "
+                         f"{cfg.model_variant!r}'s {vocab}")  # fmt: skip
+    if cfg.pretrained is None and cfg.model_variant == "real" and cfg.lora is not None:
+        raise ValueError("pretrained: LoRA on a randomly initialised real-size model makes no sense; "
+                         "pass pretrained weights")  # fmt: skip
+    return stats, tokenizer
+
+
+def _build_model(cfg: TrainConfig, ct, precision: str, *, load_weights: bool = True):
+    """Pi0Model from the config type and variant; pretrained weights; LoRA adapters."""
+    from model_zoo.checkpoint import CheckpointError, load_pretrained
+    from model_zoo.config import ModelConfig
+    from model_zoo.lora import LoraSettings, apply_lora
+    from model_zoo.pi0 import Pi0Model
+
+    model_config = ModelConfig(
+        model_type=ct.model_type, variant=cfg.model_variant, action_horizon=ct.action_horizon,
+        max_token_len=ct.max_token_len, dtype="bfloat16" if precision == "bf16" else "float32",
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )  # fmt: skip
+    model = Pi0Model(model_config)
+    if load_weights and cfg.pretrained is not None:
+        try:
+            load_pretrained(model, cfg.pretrained, revision=cfg.pretrained_revision, strict=True)
+        except CheckpointError as exc:
+            raise ValueError(f"pretrained: {cfg.pretrained} does not fit model {ct.model_type}/{cfg.model_variant}: "
+                             f"{exc}") from exc  # fmt: skip
+    if cfg.lora is not None:
+        lora: LoraConfig = cfg.lora
+        apply_lora(
+            model, LoraSettings(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, preset=lora.preset)
+        )
+    model.train()
+    return model
+
+
+def _trainable_towers(model) -> dict[str, bool]:
+    """Whether any weight of each tower trains (LoRA freezes whole towers' base weights)."""
+    out = {"vision": False, "vlm": False, "expert": False}
+    for name, p in model.named_parameters():
+        if not p.requires_grad or "lora_" in name:
+            continue
+        tower = ("vision" if "vision_tower" in name or "multi_modal_projector" in name
+                 else "vlm" if "language_model" in name else "expert")  # fmt: skip
+        out[tower] = True
+    return out
+
+
+# Fields that define the model or the checkpoint format: a checkpoint written with other values
+# cannot be resumed. Others (seed, batch, lr) only warn, as torchtune's recipes do.
+_RESUME_MUST_MATCH = ("config_type", "model_variant", "lora", "parallelism")
+_RESUME_WARN = ("seed", "global_batch", "peak_lr", "schedule", "loss_reduction", "train_episodes")
+
+
+def _check_resume_config(cfg: TrainConfig, saved: dict, step: int) -> None:
+    import warnings
+
+    current = cfg.to_dict()
+    for name in _RESUME_MUST_MATCH:
+        if saved.get(name) != current[name]:
+            raise ValueError(
+                f"checkpoint_dir: {cfg.checkpoint_dir} holds a checkpoint (step {step}) from a different model: "
+                f"{name} was {saved.get(name)!r}, this run has {current[name]!r}; use a new checkpoint_dir"
+            )
+    for name in _RESUME_WARN:
+        old, new = saved.get(name), current[name]
+        if isinstance(old, list):
+            old = tuple(old)
+        if old != new:
+            warnings.warn(f"resuming step {step} with {name}={new!r} (checkpoint had {old!r}): the run will not "
+                          "repeat the uninterrupted one exactly", stacklevel=2)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI (torchrun entry point)
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse_value(text: str) -> Any:
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
+    """``--config FILE.json`` and/or ``--<field> VALUE`` overrides (JSON values: 8, 1e-4, true, [0,1])."""
+    parser = argparse.ArgumentParser(prog="python -m steps.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="TrainConfig JSON file")
+    parser.add_argument("--result_json", help="write the TrainResult here (rank 0)")
+    for f in dataclasses.fields(TrainConfig):
+        parser.add_argument(f"--{f.name}", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    data: dict[str, Any] = json.loads(Path(args.config).read_text()) if args.config else {}
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(args, f.name)
+        if value is not None:
+            data[f.name] = (
+                str(value)
+                if f.name in ("config_type",) or f.name.endswith(("_path", "_dir", "_root"))
+                else _parse_value(value)
+            )
+    if isinstance(data.get("lora"), str):
+        data["lora"] = json.loads(data["lora"])
+    return TrainConfig.from_dict(data), args.result_json
+
+
+def cli(argv: list[str] | None = None) -> int:
+    config, result_json = parse_args(argv)
+    result = main(config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        text = json.dumps(result.to_dict(), indent=2)
+        if result_json:
+            Path(result_json).write_text(text + "\n")
+        print(json.dumps({k: v for k, v in result.to_dict().items() if k not in ("losses", "val_losses")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
