@@ -1,0 +1,254 @@
+"""MLflow helpers for the flow: where to track, whether it is reachable, and one run per lineage.
+
+Everything here takes an explicit tracking URI and talks to MLflow through ``MlflowClient`` so that
+no global MLflow state leaks between steps or tests. ``mlflow`` is imported lazily: the flow imports
+this module at the top level and every Metaflow task would otherwise pay for the import.
+
+Lineage: a *lineage id* names one training job across ``resume``. ``start`` derives it from the
+first run of the chain (``current.origin_run_id`` when start itself is re-executed by a resume)
+and stores it as an artifact, so cloned steps and resumed steps see the same value. The MLflow run
+is looked up by the ``vla_sft.lineage_id`` tag before one is created, so a resume never makes a
+second MLflow run.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+LINEAGE_TAG = "vla_sft.lineage_id"
+PATHSPEC_TAG = "metaflow.pathspec"
+METAFLOW_RUN_TAG = "metaflow.run_id"
+REACHABILITY_TIMEOUT_S = 5.0
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking server or database cannot be used (one-line message)."""
+
+
+def configure_mlflow_env(timeout_s: int = 30) -> None:
+    """Make MLflow's HTTP client fail fast instead of retrying for minutes.
+
+    MLflow retries each REST call with exponential backoff (7 tries by default), so one call to an
+    unreachable server blocks for minutes. Users can still override both through the environment.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """Return the tracking URI to use: ``uri``, else ``$MLFLOW_TRACKING_URI``, else local sqlite.
+
+    A relative sqlite path is made absolute against the current directory, so every task of a
+    local run (and the MLflow UI started from the same folder) writes to the same database.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    if "://" not in uri and not uri.startswith("databricks"):
+        # A bare path means a file store (deprecated in MLflow 3, still accepted).
+        return str(Path(uri).resolve())
+    return uri
+
+
+def sqlite_db_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, or None for other schemes."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :])
+    return None
+
+
+def default_artifact_location(uri: str, experiment_name: str) -> str | None:
+    """Artifacts of a sqlite-tracked experiment go next to the database, not into the cwd.
+
+    MLflow's default (``./mlruns``) depends on the directory the first task happened to run in.
+    """
+    db = sqlite_db_path(uri)
+    if db is None:
+        return None
+    return (db.parent / "mlruns" / experiment_name).resolve().as_uri()
+
+
+def check_reachable(uri: str, timeout_s: float = REACHABILITY_TIMEOUT_S) -> None:
+    """Raise TrackingError in at most ``timeout_s`` seconds when ``uri`` cannot be used.
+
+    http(s): one GET to ``/health`` (any HTTP answer below 500 counts: the server is there, and
+    auth is MLflow's business). sqlite: the database's folder must exist and be writable. Other
+    schemes (databricks, file) are left to MLflow.
+    """
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"MLflow tracking URI {uri} is unreachable ({reason}); start the server or set "
+                f"MLFLOW_TRACKING_URI (default {DEFAULT_TRACKING_URI})"
+            ) from None
+        if status >= 500:
+            raise TrackingError(f"MLflow tracking URI {uri} answered HTTP {status} on /health")
+        return
+    db = sqlite_db_path(uri)
+    if db is not None:
+        folder = db.parent
+        if not folder.is_dir():
+            raise TrackingError(f"MLflow sqlite database folder {folder} does not exist (URI {uri})")
+        if not os.access(folder, os.W_OK):
+            raise TrackingError(f"MLflow sqlite database folder {folder} is not writable (URI {uri})")
+
+
+def lineage_id_for(flow_name: str, run_id: str, origin_run_id: str | None) -> str:
+    """The id of a training lineage: the first run of a resume chain names it.
+
+    ``start`` normally runs once and its artifact is cloned by ``resume``; when ``start`` itself is
+    re-executed by a resume, ``origin_run_id`` keeps the lineage (and its MLflow run) the same.
+    """
+    return f"{flow_name}-{origin_run_id or run_id}"
+
+
+def get_or_create_experiment(client, uri: str, name: str) -> str:
+    """Experiment id for ``name``, created (with artifacts next to a sqlite DB) when missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=default_artifact_location(uri, name))
+    except Exception:
+        # Another task created it between our lookup and create.
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def find_run_by_lineage(client, experiment_id: str, lineage_id: str):
+    """The (oldest) MLflow run tagged with ``lineage_id``, or None."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{LINEAGE_TAG}` = '{lineage_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def get_or_create_run(
+    uri: str,
+    experiment_name: str,
+    lineage_id: str,
+    *,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> tuple[str, bool]:
+    """Return ``(mlflow_run_id, created)`` for the lineage, reusing an existing run on resume."""
+    from mlflow.tracking import MlflowClient
+
+    configure_mlflow_env()
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = get_or_create_experiment(client, uri, experiment_name)
+    existing = find_run_by_lineage(client, experiment_id, lineage_id)
+    all_tags = {LINEAGE_TAG: lineage_id, **dict(tags or {})}
+    if existing is not None:
+        if existing.info.status != "RUNNING":
+            # A resumed lineage is live again until `end` terminates it.
+            client.update_run(existing.info.run_id, status="RUNNING")
+        for key, value in all_tags.items():
+            client.set_tag(existing.info.run_id, key, value)
+        return existing.info.run_id, False
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    return run.info.run_id, True
+
+
+def set_tags(uri: str, run_id: str, tags: Mapping[str, object]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
+def log_params(uri: str, run_id: str, params: Mapping[str, object]) -> None:
+    """Log params in one batch; values already logged with the same value are skipped.
+
+    MLflow refuses to change a param. On resume the same params are logged again, so skip the
+    ones that are already there (and let a changed value raise: it means a different job).
+    """
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    existing = client.get_run(run_id).data.params
+    fresh = [
+        Param(key, _param_str(value))
+        for key, value in params.items()
+        if key not in existing or existing[key] != _param_str(value)
+    ]
+    for start in range(0, len(fresh), 100):  # log_batch takes at most 100 params per call
+        client.log_batch(run_id, params=fresh[start : start + 100])
+
+
+def _param_str(value: object) -> str:
+    return str(value)[:6000]
+
+
+def log_metrics(
+    uri: str,
+    run_id: str,
+    metrics: Mapping[str, float] | Sequence[tuple[str, float, int]],
+    *,
+    step: int = 0,
+) -> None:
+    """Log metrics in one ``log_batch`` (sqlite costs ~24 ms per call; batching matters).
+
+    ``metrics`` is either ``{name: value}`` (all at ``step``) or ``[(name, value, step), ...]``.
+    """
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    now = int(time.time() * 1000)
+    if isinstance(metrics, Mapping):
+        items = [(k, float(v), step) for k, v in metrics.items()]
+    else:
+        items = [(k, float(v), int(s)) for k, v, s in metrics]
+    entities = [Metric(key=k, value=v, timestamp=now, step=s) for k, v, s in items]
+    client = MlflowClient(tracking_uri=uri)
+    for start in range(0, len(entities), 1000):
+        client.log_batch(run_id, metrics=entities[start : start + 1000])
+
+
+def logged_metric_steps(uri: str, run_id: str, key: str) -> set[int]:
+    """Steps already logged for ``key`` (used to avoid duplicate points after a resume)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    return {m.step for m in client.get_metric_history(run_id, key)}
+
+
+def log_artifacts(uri: str, run_id: str, local_dir: str | os.PathLike, artifact_path: str | None = None):
+    """Upload a folder's files under ``artifact_path`` of the run; returns the artifact URI."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    client.log_artifacts(run_id, str(local_dir), artifact_path)
+    base = client.get_run(run_id).info.artifact_uri
+    return f"{base}/{artifact_path}" if artifact_path else base
+
+
+def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=uri).set_terminated(run_id, status=status)
