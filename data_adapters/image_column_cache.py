@@ -1,0 +1,191 @@
+"""Memory-mapped cache of encoded images, for random access to image-dtype LeRobot cameras.
+
+Image-dtype cameras are PNG bytes inside the data parquet files. Parquet cannot hand out one row: the
+smallest readable unit is a row group (one whole episode in files LeRobot writes), so a shuffled loader
+reading frames straight from parquet would read and decompress hundreds of images to use one. Instead we
+copy the selected episodes' encoded image bytes once into an uncompressed Arrow IPC file and memory-map
+it in every worker: a frame is then one slice of a mapped file, and only the current frame's PNG is
+decoded.
+
+Cost and memory: the cache takes about as much disk as the image columns themselves (PNG is already
+compressed); LeRobot's own reader makes the same kind of copy through `datasets`. Nothing is loaded into
+process memory: pages of the mapping are file-backed, shared by all workers and reclaimable by the OS, so
+resident memory does not grow with the dataset. The cache file name is a hash of the dataset path, the
+selected episodes and the data files' sizes and modification times, so a changed dataset gets a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_adapters.lerobot_format import DatasetFormatError, DatasetMeta, EpisodeMeta
+
+_FORMAT_VERSION = 1
+_READ_BATCH_ROWS = 64
+
+
+def default_cache_dir() -> Path:
+    """``$VLA_SFT_CACHE_DIR/image_columns`` or ``~/.cache/vla-sft/image_columns``."""
+    base = os.environ.get("VLA_SFT_CACHE_DIR") or Path.home() / ".cache" / "vla-sft"
+    return Path(base) / "image_columns"
+
+
+class ImageColumnCache:
+    """Encoded image bytes of some episodes' image cameras, addressable by (key, episode, frame)."""
+
+    def __init__(self, path: Path, keys: Sequence[str], episode_rows: dict[int, int]):
+        self.path = Path(path)
+        self.keys = list(keys)
+        self.episode_rows = episode_rows  # episode index -> first row in the cache
+        self._pid: int | None = None
+        self._columns: dict[str, list[pa.Array]] = {}
+        self._batch_starts = np.zeros(0, dtype=np.int64)
+
+    @classmethod
+    def build(
+        cls,
+        meta: DatasetMeta,
+        episodes: Sequence[EpisodeMeta],
+        keys: Sequence[str],
+        cache_dir: str | Path | None = None,
+    ) -> ImageColumnCache:
+        """Return the cache for these episodes and keys, writing it first if it does not exist yet."""
+        by_file = _episodes_by_file(episodes)
+        episode_rows, row = {}, 0
+        for eps in by_file.values():
+            for ep in eps:
+                episode_rows[ep.index] = row
+                row += ep.length
+        cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        path = cache_dir / f"{_cache_key(meta, by_file, keys)}.arrow"
+        if not path.is_file():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            _write_cache(meta, by_file, keys, path)
+        return cls(path, keys, episode_rows)
+
+    def get(self, key: str, episode: int, frame: int) -> bytes:
+        """Encoded bytes (PNG, or whatever the dataset stored) of one image."""
+        if self._pid != os.getpid():
+            self._open()
+        row = self.episode_rows[episode] + frame
+        batch = int(np.searchsorted(self._batch_starts, row, side="right")) - 1
+        return self._columns[key][batch][row - int(self._batch_starts[batch])].as_py()
+
+    def __getstate__(self) -> dict:
+        # The mapping is per process; a spawned worker maps the file again on first use.
+        state = self.__dict__.copy()
+        state.update(_pid=None, _columns={}, _batch_starts=np.zeros(0, dtype=np.int64))
+        return state
+
+    def _open(self) -> None:
+        reader = pa.ipc.open_file(pa.memory_map(str(self.path), "r"))
+        batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        self._columns = {key: [b.column(key) for b in batches] for key in self.keys}
+        self._batch_starts = np.cumsum([0] + [b.num_rows for b in batches[:-1]], dtype=np.int64)
+        self._pid = os.getpid()
+
+
+def _episodes_by_file(episodes: Sequence[EpisodeMeta]) -> dict[str, list[EpisodeMeta]]:
+    by_file: dict[str, list[EpisodeMeta]] = {}
+    for ep in episodes:
+        by_file.setdefault(ep.data_path, []).append(ep)
+    return {path: sorted(eps, key=lambda e: e.row_start) for path, eps in by_file.items()}
+
+
+def _cache_key(meta: DatasetMeta, by_file: dict[str, list[EpisodeMeta]], keys: Sequence[str]) -> str:
+    files = {}
+    for rel in by_file:
+        try:
+            stat = (meta.root / rel).stat()
+        except OSError as err:
+            eps = [e.index for e in by_file[rel]]
+            raise DatasetFormatError(f"missing data file {meta.root / rel} (episodes {eps})") from err
+        files[rel] = [stat.st_size, stat.st_mtime_ns]
+    spec = {
+        "format": _FORMAT_VERSION,
+        "root": str(meta.root.resolve()),
+        "keys": list(keys),
+        "episodes": [[e.index, e.data_path, e.row_start, e.length] for eps in by_file.values() for e in eps],
+        "files": files,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _write_cache(
+    meta: DatasetMeta, by_file: dict[str, list[EpisodeMeta]], keys: Sequence[str], path: Path
+) -> None:
+    schema = pa.schema([pa.field(key, pa.large_binary(), nullable=False) for key in keys])
+    # Write to a unique temporary name and rename: concurrent builders (several ranks) never see a
+    # half-written cache, and the last rename wins with identical content.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for rel, eps in by_file.items():
+                for arrays in _iter_episode_images(meta, rel, eps, keys):
+                    writer.write_batch(pa.record_batch(arrays, schema=schema))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _iter_episode_images(meta: DatasetMeta, rel: str, eps: list[EpisodeMeta], keys: Sequence[str]):
+    """Yield, in row order, lists of large_binary arrays (one per key) for the episodes' rows."""
+    file_path = meta.root / rel
+    names = ", ".join(str(e.index) for e in eps)
+    try:
+        parquet = pq.ParquetFile(file_path)
+        wanted = [(ep.row_start, ep.row_stop, ep) for ep in eps]
+        offset = 0
+        for batch in parquet.iter_batches(batch_size=_READ_BATCH_ROWS, columns=list(keys)):
+            batch_stop = offset + batch.num_rows
+            for start, stop, ep in wanted:
+                lo, hi = max(start, offset), min(stop, batch_stop)
+                if lo < hi:
+                    part = batch.slice(lo - offset, hi - lo)
+                    yield [
+                        _image_bytes(part.column(key), meta, ep, key, lo - start, file_path) for key in keys
+                    ]
+            offset = batch_stop
+    except (OSError, pa.ArrowException) as err:
+        raise DatasetFormatError(f"corrupt parquet file {file_path} (episodes {names}): {err}") from err
+    last = max(stop for _, stop, _ in wanted)
+    if offset < last:
+        raise DatasetFormatError(
+            f"data file {file_path} has {offset} rows but episodes {names} need {last} (truncated file?)"
+        )
+
+
+def _image_bytes(
+    column: pa.Array, meta: DatasetMeta, ep: EpisodeMeta, key: str, first_frame: int, file_path: Path
+) -> pa.Array:
+    if pa.types.is_struct(column.type):
+        data = column.field("bytes")
+        paths = column.field("path") if column.type.get_field_index("path") >= 0 else None
+    else:
+        data, paths = column, None
+    if data.null_count == 0:
+        return data.cast(pa.large_binary())
+    # Datasets recorded but never pushed may keep image paths instead of bytes.
+    values = []
+    for i, (blob, rel) in enumerate(
+        zip(data.to_pylist(), paths.to_pylist() if paths else [None] * len(data))
+    ):
+        if blob is None and rel:
+            candidate = Path(rel) if Path(rel).is_absolute() else meta.root / rel
+            if candidate.is_file():
+                blob = candidate.read_bytes()
+        if blob is None:
+            raise DatasetFormatError(
+                f"image {key!r} of episode {ep.index}, frame {first_frame + i} in {file_path} has no bytes"
+            )
+        values.append(blob)
+    return pa.array(values, type=pa.large_binary())
