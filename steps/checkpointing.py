@@ -551,7 +551,9 @@ def load_training_checkpoint(
         if ema is not None:
             ema.load_state_dict(payload["ema"])
     trainer_state = payload["trainer_state"]
-    scheduler.load_state_dict(trainer_state["scheduler"])
+    from steps.schedule import load_scheduler_state
+
+    load_scheduler_state(scheduler, trainer_state["scheduler"])
     rng = payload["rng"]
     if trainer_state.get("world_size") == ctx.world_size and len(rng) == ctx.world_size:
         restore_rng(rng[ctx.rank])

@@ -66,3 +66,13 @@ def build_scheduler(optimizer, schedule: LrSchedule):
         group["lr"] = schedule.peak_lr
         group["initial_lr"] = schedule.peak_lr
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.lr(step) / schedule.peak_lr)
+
+
+def load_scheduler_state(scheduler, state: dict) -> None:
+    """Restore a scheduler and put its current learning rate back into the optimizer.
+
+    ``LambdaLR.load_state_dict`` restores the step count but leaves the param groups' ``lr`` alone.
+    """
+    scheduler.load_state_dict(state)
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+        group["lr"] = lr
