@@ -198,3 +198,93 @@ def video_frame_count(path: str | Path) -> int:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         return sum(1 for packet in container.demux(stream) if packet.size > 0)
+
+
+# -- encoding ---------------------------------------------------------------------------------------
+
+# Codec family -> encoders to try, best first. LeRobot's default is libsvtav1; PyAV wheels without it
+# may still have libaom-av1.
+_ENCODERS = {"av1": ("libsvtav1", "libaom-av1"), "h264": ("libx264",)}
+VIDEO_CODECS = tuple(_ENCODERS)
+
+
+def pick_encoder(codec: str) -> str:
+    """Name of an available FFmpeg encoder for ``codec`` ("av1" or "h264")."""
+    if codec not in _ENCODERS:
+        raise ValueError(f"unknown video codec {codec!r}; choose one of {VIDEO_CODECS}")
+    for name in _ENCODERS[codec]:
+        if name in av.codecs_available:
+            return name
+    raise ValueError(f"no {codec} encoder in this PyAV build (tried {_ENCODERS[codec]}); use another codec")
+
+
+def _encoder_options(name: str, gop: int, crf: int | None) -> dict[str, str]:
+    # g=2 (a keyframe every 2 frames) is LeRobot's choice: random access decodes at most 2 frames.
+    if name == "libsvtav1":
+        return {"g": str(gop), "crf": str(30 if crf is None else crf), "preset": "12"}
+    if name == "libaom-av1":
+        return {"g": str(gop), "crf": str(30 if crf is None else crf), "cpu-used": "8", "row-mt": "1"}
+    # bf=0: no B-frames, so decode order equals presentation order and no edit list shifts timestamps.
+    return {"g": str(gop), "crf": str(23 if crf is None else crf), "bf": "0", "preset": "veryfast"}
+
+
+class VideoEncoder:
+    """Append RGB frames to an mp4 file (yuv420p); frame ``n`` gets presentation time ``n / fps``.
+
+    Frames can be appended across several episodes (LeRobot v3.0 concatenates episodes in one file):
+    the caller records ``num_frames / fps`` before an episode as its ``from_timestamp``.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        fps: int,
+        width: int,
+        height: int,
+        codec: str = "av1",
+        gop: int = 2,
+        crf: int | None = None,
+    ):
+        if width % 2 or height % 2:
+            raise ValueError(
+                f"{path}: video frames need even width and height for yuv420p, got {width}x{height}"
+            )
+        self.path = Path(path)
+        self.encoder_name = pick_encoder(codec)
+        self.codec = codec
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 otherwise prints its whole config to stderr
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._container = av.open(str(self.path), mode="w")
+        self._stream = self._container.add_stream(
+            self.encoder_name, rate=int(fps), options=_encoder_options(self.encoder_name, gop, crf)
+        )
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
+        self.width, self.height = width, height
+        self.num_frames = 0
+        self.num_bytes = 0
+
+    def add(self, rgb: np.ndarray) -> None:
+        """Encode one uint8 ``[H, W, 3]`` frame."""
+        if rgb.shape != (self.height, self.width, 3) or rgb.dtype != np.uint8:
+            raise ValueError(
+                f"{self.path}: expected uint8 frame of shape {(self.height, self.width, 3)}, "
+                f"got {rgb.dtype} {tuple(rgb.shape)}"
+            )
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts = self.num_frames
+        self._mux(self._stream.encode(frame))
+        self.num_frames += 1
+
+    def close(self) -> None:
+        """Flush the encoder and write the container trailer."""
+        if self._container is None:
+            return
+        self._mux(self._stream.encode(None))
+        self._container.close()
+        self._container = None
+
+    def _mux(self, packets) -> None:
+        for packet in packets:
+            self.num_bytes += packet.size
+            self._container.mux(packet)
