@@ -1,0 +1,352 @@
+"""Config types: what a robot dataset looks like to the model, plus its training preset.
+
+A config type names the model (pi0 / pi0.5), the action horizon, the prompt length, how dataset
+keys map onto the model's three camera slots / state / actions, which action dims are deltas,
+which normalization to use, the default dataset and the training preset. Built-in types live one
+robot per module (`libero.py`, `maniskill.py`, `metaworld.py`, `calvin.py`); custom ones come
+from a YAML file (`custom_yaml.py`) and need no code edit.
+
+To add a built-in type: write a module that defines `CONFIG_TYPES: tuple[ConfigType, ...]` and
+list it in `_ROBOT_MODULES` below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import importlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+# The model always sees these three camera slots, in this order (openpi / PaliGemma naming).
+IMAGE_SLOTS: tuple[str, ...] = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+WRIST_SLOTS: tuple[str, ...] = ("left_wrist_0_rgb", "right_wrist_0_rgb")
+# State and actions are zero-padded to this many dims before they reach the model.
+MODEL_ACTION_DIM = 32
+MODEL_TYPES = ("pi0", "pi05")
+NORMALIZATIONS = ("zscore", "quantile")
+SCHEDULES = ("cosine", "constant")
+SIMULATORS = ("metaworld",)
+# Prompt budget per model type: pi0 sees only the task, pi0.5 may also see 32 state bins.
+DEFAULT_MAX_TOKEN_LEN = {"pi0": 48, "pi05": 200}
+DEFAULT_NORMALIZATION = {"pi0": "zscore", "pi05": "quantile"}
+
+_ROBOT_MODULES = (
+    "data_adapters.libero",
+    "data_adapters.maniskill",
+    "data_adapters.metaworld",
+    "data_adapters.calvin",
+)
+
+
+def did_you_mean(word: str, options: Sequence[str]) -> str:
+    """Return ' Did you mean 'x'?' for the closest option, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+class _Validated:
+    """Mixin for frozen dataclasses: `_need(field, ok, what)` raises naming the field and its value."""
+
+    def _owner(self) -> str:
+        name = getattr(self, "name", None)
+        return f"config type {name!r}" if isinstance(name, str) else type(self).__name__
+
+    def _need(self, field_name: str, ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(
+                f"{self._owner()}: {field_name} must be {what}, got {getattr(self, field_name)!r}"
+            )
+
+    def _as_tuple(self, field_name: str) -> None:
+        value = getattr(self, field_name)
+        if isinstance(value, list):
+            object.__setattr__(self, field_name, tuple(value))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class TrainPreset(_Validated):
+    """Optimizer / schedule / batch defaults that travel with a config type (openpi's defaults)."""
+
+    # Learning rate reached at the end of warmup.
+    peak_lr: float = 2.5e-5
+    # Linear warmup from peak_lr / (warmup_steps + 1) to peak_lr.
+    warmup_steps: int = 1000
+    # Step at which the cosine reaches end_lr (unused by "constant").
+    decay_steps: int = 30_000
+    end_lr: float = 2.5e-6
+    # "cosine": warmup then cosine to end_lr; "constant": warmup then flat at peak_lr.
+    schedule: str = "cosine"
+    # Samples per optimizer step summed over all ranks and accumulation steps.
+    global_batch: int = 32
+    max_steps: int = 30_000
+    # EMA of the weights for full fine-tuning; None turns it off (LoRA always runs without EMA).
+    ema_decay: float | None = 0.99
+    # AdamW settings and global gradient-norm clip.
+    weight_decay: float = 1e-10
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("peak_lr", "end_lr", "eps", "grad_clip"):
+            self._need(name, _is_number(getattr(self, name)) and getattr(self, name) > 0, "a positive number")
+        self._need("weight_decay", _is_number(self.weight_decay) and self.weight_decay >= 0, "a number >= 0")
+        self._need("warmup_steps", _is_int(self.warmup_steps) and self.warmup_steps >= 0, "an integer >= 0")
+        for name in ("decay_steps", "global_batch", "max_steps"):
+            self._need(name, _is_int(getattr(self, name)) and getattr(self, name) > 0, "a positive integer")
+        self._need("schedule", self.schedule in SCHEDULES, f"one of {SCHEDULES}")
+        ema_ok = self.ema_decay is None or (_is_number(self.ema_decay) and 0 < self.ema_decay < 1)
+        self._need("ema_decay", ema_ok, "None or a number in (0, 1)")
+        self._as_tuple("betas")
+        betas_ok = isinstance(self.betas, tuple) and len(self.betas) == 2
+        self._need(
+            "betas",
+            betas_ok and all(_is_number(b) and 0 <= b < 1 for b in self.betas),
+            "two numbers in [0, 1)",
+        )
+
+
+@dataclass(frozen=True)
+class ConfigType(_Validated):
+    """One robot/dataset layout as the model sees it. Validated on construction."""
+
+    # Registry name, e.g. "pi05_libero".
+    name: str
+    # "pi0" (continuous state token, z-score) or "pi05" (adaRMS time, quantile).
+    model_type: str
+    # Actions predicted per inference call (length of each training chunk).
+    action_horizon: int
+    # Prompt tokens incl. BOS and padding: 48 for pi0, 200 for pi0.5.
+    max_token_len: int
+    # pi0.5 only: put the normalized state as 256-bin numbers into the prompt.
+    discrete_state: bool
+    # Model slot -> dataset camera key, as a 1-tuple; () marks a missing camera (-1 image, mask False).
+    cameras: Mapping[str, tuple[str, ...]]
+    # Dataset keys concatenated in this order into the robot state / action vector.
+    state_keys: tuple[str, ...]
+    action_keys: tuple[str, ...]
+    # Robot dims after concatenation (<= 32; zero-padded to 32 for the model).
+    state_dim: int
+    action_dim: int
+    # One flag per action dim: True -> the chunk is stored relative to the current state dim.
+    delta_mask: tuple[bool, ...]
+    # "zscore" (pi0) or "quantile" (pi0.5).
+    normalization: str
+    # Default Hub dataset id (or an absolute local path from a custom YAML); None: the user passes one.
+    dataset_id: str | None
+    dataset_revision: str | None
+    # Slots that get only colour jitter (no crop/rotate) under augmentation.
+    wrist_slots: tuple[str, ...] = WRIST_SLOTS
+    # Simulator for closed-loop evaluation ("metaworld") or None.
+    simulator: str | None = None
+    train: TrainPreset = field(default_factory=TrainPreset)
+    # Shown when no dataset is known (e.g. ManiSkill: no public dataset in RLinf's schema).
+    dataset_hint: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.name, str) and self.name.strip()):
+            raise ValueError(f"config type: name must be a non-empty string, got {self.name!r}")
+        self._need("model_type", self.model_type in MODEL_TYPES, f"one of {MODEL_TYPES}")
+        for name in ("action_horizon", "max_token_len"):
+            self._need(name, _is_int(getattr(self, name)) and getattr(self, name) > 0, "a positive integer")
+        self._need("discrete_state", isinstance(self.discrete_state, bool), "a bool")
+        pi0_state = self.discrete_state and self.model_type != "pi05"
+        self._need("discrete_state", not pi0_state, "False for pi0 (pi0 feeds the state through state_proj)")
+        self._check_cameras()
+        for name in ("state_keys", "action_keys"):
+            self._as_tuple(name)
+            keys = getattr(self, name)
+            is_keys = (
+                isinstance(keys, tuple) and len(keys) > 0 and all(isinstance(k, str) and k for k in keys)
+            )
+            self._need(name, is_keys, "a non-empty list of dataset keys")
+            self._need(name, len(set(keys)) == len(keys), "a list without repeated keys")
+        for name in ("state_dim", "action_dim"):
+            value = getattr(self, name)
+            self._need(
+                name, _is_int(value) and 0 < value <= MODEL_ACTION_DIM, f"an integer in 1..{MODEL_ACTION_DIM}"
+            )
+        self._as_tuple("delta_mask")
+        mask = self.delta_mask
+        mask_ok = (
+            isinstance(mask, tuple)
+            and len(mask) == self.action_dim
+            and all(isinstance(b, bool) for b in mask)
+        )
+        self._need("delta_mask", mask_ok, f"{self.action_dim} bools (one per action dim)")
+        # A delta dim subtracts the state dim with the same index, so that dim must exist.
+        beyond = [i for i, b in enumerate(mask) if b and i >= self.state_dim]
+        self._need("delta_mask", not beyond, f"False at action dims >= state_dim ({self.state_dim}); dims "
+                   f"{beyond} have no state to subtract")  # fmt: skip
+        self._need("normalization", self.normalization in NORMALIZATIONS, f"one of {NORMALIZATIONS}")
+        for name in ("dataset_id", "dataset_revision", "dataset_hint"):
+            value = getattr(self, name)
+            self._need(
+                name, value is None or (isinstance(value, str) and value != ""), "None or a non-empty string"
+            )
+        self._as_tuple("wrist_slots")
+        wrist_ok = isinstance(self.wrist_slots, tuple) and all(s in IMAGE_SLOTS for s in self.wrist_slots)
+        self._need("wrist_slots", wrist_ok, f"a list of slots from {IMAGE_SLOTS}")
+        self._need(
+            "simulator",
+            self.simulator is None or self.simulator in SIMULATORS,
+            f"None or one of {SIMULATORS}",
+        )
+        self._need("train", isinstance(self.train, TrainPreset), "a TrainPreset")
+
+    def _check_cameras(self) -> None:
+        """Normalize cameras to a read-only {slot: () or (key,)} over all three slots."""
+        self._need("cameras", isinstance(self.cameras, Mapping), "a mapping slot -> dataset key")
+        for slot in self.cameras:
+            if slot not in IMAGE_SLOTS:
+                hint = did_you_mean(str(slot), IMAGE_SLOTS)
+                raise ValueError(
+                    f"{self._owner()}: cameras has unknown slot {slot!r}; slots are {IMAGE_SLOTS}.{hint}"
+                )
+        out = {}
+        for slot in IMAGE_SLOTS:
+            keys = self.cameras.get(slot) or ()
+            keys = (keys,) if isinstance(keys, str) else tuple(keys)
+            if not all(isinstance(k, str) and k for k in keys) or len(keys) > 1:
+                raise ValueError(f"{self._owner()}: cameras[{slot!r}] must be a single dataset key (one camera "
+                                 f"per slot), got {keys!r}")  # fmt: skip
+            out[slot] = keys
+        self._need("cameras", any(out.values()), "a mapping with at least one camera key")
+        object.__setattr__(self, "cameras", MappingProxyType(out))
+
+    def __hash__(self) -> int:
+        # The generated hash would fail on the cameras mapping; equal types share these fields.
+        return hash((self.name, self.model_type, self.action_horizon, self.state_keys, self.action_keys))
+
+    @property
+    def camera_keys(self) -> tuple[str, ...]:
+        """Dataset camera keys the reader must decode, in slot order."""
+        return tuple(k for slot in IMAGE_SLOTS for k in self.cameras[slot])
+
+    @property
+    def delta_dims(self) -> tuple[int, ...]:
+        return tuple(i for i, b in enumerate(self.delta_mask) if b)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (for flow artifacts and MLflow params)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["cameras"] = {slot: list(keys) for slot, keys in self.cameras.items()}
+        out["train"] = dataclasses.asdict(self.train)
+        return out
+
+
+@functools.cache
+def _registry() -> Mapping[str, ConfigType]:
+    # Built lazily: the robot modules import this module for ConfigType.
+    registry: dict[str, ConfigType] = {}
+    for module_name in _ROBOT_MODULES:
+        for cfg in importlib.import_module(module_name).CONFIG_TYPES:
+            if cfg.name in registry:
+                raise ValueError(f"config type name {cfg.name!r} is defined twice (second in {module_name})")
+            registry[cfg.name] = cfg
+    return MappingProxyType(registry)
+
+
+def list_config_types() -> list[str]:
+    """Names of the built-in config types."""
+    return sorted(_registry())
+
+
+def get_config_type(name_or_yaml: str) -> ConfigType:
+    """Return a built-in config type by name, or load a custom one from a .yaml/.yml file.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid names and the closest match), or an
+            invalid YAML file.
+    """
+    if str(name_or_yaml).lower().endswith((".yaml", ".yml")):
+        from data_adapters.custom_yaml import load_config_yaml
+
+        return load_config_yaml(name_or_yaml)
+    registry = _registry()
+    if name_or_yaml not in registry:
+        raise ValueError(
+            f"unknown config type {name_or_yaml!r}.{did_you_mean(str(name_or_yaml), list(registry))}"
+            f" Valid names: {', '.join(sorted(registry))}, or a path to a .yaml file."
+        )
+    return registry[name_or_yaml]
+
+
+def require_dataset(
+    cfg: ConfigType, dataset: str | None = None, revision: str | None = None
+) -> tuple[str, str | None]:
+    """Resolve (dataset id or path, revision): the user's choice, else the config type's default.
+
+    Raises:
+        ValueError: neither the user nor the config type names a dataset.
+    """
+    if dataset:
+        return dataset, revision
+    if cfg.dataset_id:
+        return cfg.dataset_id, revision if revision is not None else cfg.dataset_revision
+    hint = f" {cfg.dataset_hint}" if cfg.dataset_hint else ""
+    raise ValueError(
+        f"config type {cfg.name!r} has no default dataset: pass one (Hub id or local path).{hint}"
+    )
+
+
+def feature_dims(info: Mapping[str, Any], key: str) -> int:
+    """Number of values a numeric feature contributes when concatenated (1-D or scalar features)."""
+    shape = list(info["features"][key].get("shape") or [])
+    if len(shape) > 1:
+        raise ValueError(f"feature {key!r} has shape {shape}; only 1-D features can be concatenated")
+    return int(shape[0]) if shape else 1
+
+
+def validate_against_dataset(cfg: ConfigType, info: Mapping[str, Any]) -> None:
+    """Check that the dataset (its meta/info.json dict) has every key and dim the config type expects.
+
+    Raises:
+        ValueError: a mapped key is missing (the message lists the dataset's keys), a camera key is
+            not an image/video feature, or the per-key dims do not sum to state_dim / action_dim.
+    """
+    features = info.get("features")
+    if not isinstance(features, Mapping):
+        raise ValueError("dataset info has no 'features' mapping (is this a LeRobot meta/info.json?)")
+    where = f"config type {cfg.name!r}"
+    wanted = [("cameras", k) for k in cfg.camera_keys]
+    wanted += [("state_keys", k) for k in cfg.state_keys] + [("action_keys", k) for k in cfg.action_keys]
+    for field_name, key in wanted:
+        if key not in features:
+            raise ValueError(
+                f"{where}: {field_name} names {key!r}, which the dataset does not have."
+                f"{did_you_mean(key, list(features))} Dataset keys: {', '.join(features)}"
+            )
+    for key in cfg.camera_keys:
+        dtype = features[key].get("dtype")
+        if dtype not in ("image", "video"):
+            raise ValueError(f"{where}: camera key {key!r} has dtype {dtype!r}, expected 'image' or 'video'")
+    for field_name, keys, dim_name, dim in (
+        ("state_keys", cfg.state_keys, "state_dim", cfg.state_dim),
+        ("action_keys", cfg.action_keys, "action_dim", cfg.action_dim),
+    ):
+        for key in keys:
+            dtype = features[key].get("dtype")
+            if dtype in ("image", "video", "string"):
+                raise ValueError(
+                    f"{where}: {field_name} names {key!r} of dtype {dtype!r}; expected a number array"
+                )
+        dims = {key: feature_dims(info, key) for key in keys}
+        if sum(dims.values()) != dim:
+            parts = ", ".join(f"{k!r}: {d}" for k, d in dims.items())
+            raise ValueError(
+                f"{where}: {field_name} dims ({parts}) sum to {sum(dims.values())}, but {dim_name} is {dim}"
+            )
