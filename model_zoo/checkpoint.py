@@ -197,17 +197,35 @@ def _read_headers(files: list[Path]) -> tuple[dict[str, tuple[Path, tuple[int, .
     return entries, aliases
 
 
-def _plan(model_shapes: dict[str, tuple[int, ...]], entries: dict, aliases: dict, source: str):
-    """Map checkpoint keys onto model keys. Returns (report, {model key: checkpoint key})."""
+def plan_load(
+    model_shapes: dict[str, tuple[int, ...]],
+    checkpoint_shapes: dict[str, tuple[int, ...]],
+    *,
+    aliases: dict[str, str] | None = None,
+    source: str = "<checkpoint>",
+) -> tuple[LoadReport, dict[str, str]]:
+    """Map checkpoint keys onto model keys from shapes alone (no tensor data is read).
+
+    Args:
+        model_shapes: model key -> shape (e.g. from a model on the meta device).
+        checkpoint_shapes: checkpoint key -> shape, as stored (with LeRobot's prefix if any).
+        aliases: {dropped key: kept key} from safetensors metadata (save_model records shared tensors).
+        source: name shown in the report.
+
+    Returns:
+        (report, {model key: checkpoint key}) for the tensors that will be loaded.
+    """
     model_keys = set(model_shapes)
-    prefixed = [k for k in entries if k.startswith(LEROBOT_PREFIX)]
-    lerobot = bool(prefixed) and not any(k.startswith(LEROBOT_PREFIX) for k in model_keys)
+    aliases = aliases or {}
+    lerobot = any(k.startswith(LEROBOT_PREFIX) for k in checkpoint_shapes) and not any(
+        k.startswith(LEROBOT_PREFIX) for k in model_keys
+    )
     report = LoadReport(source=source, layout="lerobot" if lerobot else "openpi")
 
     def strip(key: str) -> str:
         return key[len(LEROBOT_PREFIX) :] if lerobot and key.startswith(LEROBOT_PREFIX) else key
 
-    names = {strip(k): k for k in entries}  # stripped name -> raw checkpoint key
+    names = {strip(k): k for k in checkpoint_shapes}  # stripped name -> raw checkpoint key
     sources: dict[str, str] = {}  # model key -> raw checkpoint key
     for name, raw in names.items():
         target = name
@@ -239,7 +257,7 @@ def _plan(model_shapes: dict[str, tuple[int, ...]], entries: dict, aliases: dict
         if key not in sources:
             report.missing.append(key)
             continue
-        shape = entries[sources[key]][1]
+        shape = tuple(checkpoint_shapes[sources[key]])
         if shape != model_shapes[key]:
             report.mismatched.append((key, shape, model_shapes[key]))
     bad = {k for k, _, _ in report.mismatched}
@@ -296,12 +314,17 @@ def load_pretrained(
         CheckpointError: pickle files, no weights found, or (strict) missing / wrong-shape tensors.
         HubUnavailableError: a Hub id that cannot be fetched (offline and not cached, ...).
     """
+    if hasattr(model, "peft_config"):
+        raise ValueError(
+            "Load base weights before apply_lora (adapters change the keys); use load_adapter for adapters"
+        )
     files = resolve_weight_files(path_or_hub_id, revision=revision, cache_dir=cache_dir)
     entries, aliases = _read_headers(files)
     targets = model.state_dict()
     shapes = {k: tuple(v.shape) for k, v in targets.items()}
     source = str(files[0] if len(files) == 1 else files[0].parent)
-    report, sources = _plan(shapes, entries, aliases, source)
+    checkpoint_shapes = {k: shape for k, (_, shape) in entries.items()}
+    report, sources = plan_load(shapes, checkpoint_shapes, aliases=aliases, source=source)
     on_meta = any(t.is_meta for t in targets.values())
     if not report.ok and (strict or on_meta):
         why = (

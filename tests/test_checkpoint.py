@@ -18,6 +18,7 @@ from model_zoo.checkpoint import (
     CheckpointError,
     load_model,
     load_pretrained,
+    plan_load,
     save_checkpoint,
 )
 from model_zoo.config import CAMERA_SLOTS, ModelConfig
@@ -291,3 +292,45 @@ def test_save_refuses_existing_and_leaves_no_temp(tmp_path, pi05_model):
         save_checkpoint(pi05_model, tmp_path / "other", layout="jax")
     with pytest.raises(ValueError, match="reserved"):
         save_checkpoint(pi05_model, tmp_path / "other", config={"model_config": {}})
+
+
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+def on_disk_shapes(model_type: str) -> dict[str, tuple[int, ...]]:
+    """Keys of a public openpi checkpoint file: the reference TSV minus the tied embedding (DESIGN.md 5)."""
+    shapes = {}
+    for line in (REFERENCE_DIR / f"{model_type}_state_dict.tsv").read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, shape, count = line.split("\t")
+        for i in range(int(count)):
+            shapes[key.replace("{i}", str(i))] = tuple(json.loads(shape))
+    del shapes[EMBED_KEY]
+    return shapes
+
+
+@pytest.mark.parametrize("model_type", ["pi0", "pi05"])
+@pytest.mark.parametrize("layout", ["openpi", "lerobot", "lerobot_swapped_time_mlp"])
+def test_public_checkpoint_keys_map_onto_real_model(model_type, layout):
+    with torch.device("meta"):
+        model = Pi0Model(ModelConfig(model_type=model_type, variant="real"))
+    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    disk = on_disk_shapes(model_type)
+    if layout != "openpi":
+        disk = {f"model.{k}": v for k, v in disk.items()}
+    if layout == "lerobot_swapped_time_mlp":
+        old, new = (
+            ("time_mlp_", "action_time_mlp_") if model_type == "pi05" else ("action_time_mlp_", "time_mlp_")
+        )
+        disk = {
+            (f"model.{new}" + k[len(f"model.{old}") :] if k.startswith(f"model.{old}") else k): v
+            for k, v in disk.items()
+        }
+    report, sources = plan_load(model_shapes, disk)
+    assert report.ok, report.summary()
+    assert not report.unexpected
+    assert report.dropped == [EXPERT_LM_HEAD_KEY]
+    assert report.filled_from_tied == {EMBED_KEY: VLM_LM_HEAD_KEY}
+    assert set(sources) == set(model_shapes)
+    assert len(report.renamed) == (4 if layout == "lerobot_swapped_time_mlp" else 0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from model_zoo.checkpoint import load_model, save_checkpoint
+from model_zoo.checkpoint import load_model, load_pretrained, save_checkpoint
 from model_zoo.lora import (
     LoraSettings,
     apply_lora,
@@ -205,5 +205,7 @@ def test_load_adapter_errors(tmp_path):
         load_adapter(make_model("pi05"), tmp_path / "adapter")
     with pytest.raises(ValueError, match="LoRA adapters"):
         save_checkpoint(model, tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="before apply_lora"):
+        load_pretrained(model, tmp_path / "adapter")
     with pytest.raises(ValueError, match="no LoRA adapters"):
         merge_lora(make_model("pi05"))
