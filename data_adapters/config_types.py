@@ -240,6 +240,20 @@ class ConfigType(_Validated):
     def delta_dims(self) -> tuple[int, ...]:
         return tuple(i for i, b in enumerate(self.delta_mask) if b)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConfigType:
+        """Inverse of `to_dict` (e.g. an export's config_type.json); lists become tuples."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in known:
+                raise ValueError(
+                    f"config type dict has unknown field {key!r}.{did_you_mean(str(key), known)}"
+                )
+        values = dict(data)
+        if isinstance(values.get("train"), Mapping):
+            values["train"] = TrainPreset(**values["train"])
+        return cls(**values)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (for flow artifacts and MLflow params)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

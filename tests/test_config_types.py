@@ -76,6 +76,14 @@ def test_builtin_config_type_facts(name):
     json.dumps(cfg.to_dict())  # artifacts / MLflow params must be JSON-able
 
 
+@pytest.mark.parametrize("name", sorted(FACTS))
+def test_to_dict_from_dict_round_trip(name):
+    cfg = get_config_type(name)
+    assert ConfigType.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match=r"unknown field 'camera'\. Did you mean 'cameras'"):
+        ConfigType.from_dict({**cfg.to_dict(), "camera": {}})
+
+
 def test_key_mappings():
     libero = get_config_type("pi0_libero")
     assert (libero.state_keys, libero.action_keys) == (("state",), ("actions",))
