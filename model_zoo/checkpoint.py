@@ -28,19 +28,16 @@ from safetensors import safe_open
 from safetensors.torch import save_model
 from torch import nn
 
-from model_zoo.hub import download_checkpoint, looks_like_hub_id
+from model_zoo.hub import WEIGHTS_NAME, CheckpointError, resolve_weight_files
 
 if TYPE_CHECKING:
     from model_zoo.pi0 import Pi0Model
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.json"
 LAYOUTS = ("openpi", "lerobot")
 LEROBOT_PREFIX = "model."
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 EMBED_KEY = "paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight"
 VLM_LM_HEAD_KEY = "paligemma_with_expert.paligemma.lm_head.weight"
@@ -49,10 +46,6 @@ EXPERT_LM_HEAD_KEY = "paligemma_with_expert.gemma_expert.lm_head.weight"
 TIED_KEYS = ((EMBED_KEY, VLM_LM_HEAD_KEY),)
 # LeRobot names the pi0 / pi0.5 time MLPs differently from openpi; renamed only when the model lacks a name.
 _TIME_MLP_RENAMES = (("action_time_mlp_", "time_mlp_"), ("time_mlp_", "action_time_mlp_"))
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be (fully) loaded into the model; the message holds the load report."""
 
 
 @dataclass
@@ -101,84 +94,6 @@ class LoadReport:
         if self.dropped:
             lines.append(f"  skipped (unused): {first(self.dropped)}")
         return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------- locate
-
-
-def _refuse_pickle(paths: list[Path]) -> CheckpointError:
-    names = ", ".join(str(p) for p in paths[:5])
-    return CheckpointError(
-        f"Refusing to load pickle-based weights ({names}): unpickling can run arbitrary code. Only safetensors "
-        f"are loaded. Convert them once, in an environment you trust, e.g. "
-        f"`safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')`."
-    )
-
-
-def _weight_files_in(folder: Path) -> list[Path]:
-    """The safetensors file(s) of the checkpoint in `folder` (one file, or the shards of an index)."""
-    for index in [folder / WEIGHTS_INDEX_NAME, *sorted(folder.glob("*.safetensors.index.json"))]:
-        if index.is_file():
-            return _weight_files_in_index(index)
-    if (folder / WEIGHTS_NAME).is_file():
-        return [folder / WEIGHTS_NAME]
-    found = sorted(p for p in folder.glob("*.safetensors") if p.name != "adapter_model.safetensors")
-    if len(found) == 1:
-        return found
-    if len(found) > 1:
-        raise CheckpointError(
-            f"{folder} holds several safetensors files {[p.name for p in found]} and no {WEIGHTS_INDEX_NAME}; "
-            "pass the file to load"
-        )
-    # LeRobot training runs keep the weights one level down (checkpoints/<step>/pretrained_model/).
-    if (folder / "pretrained_model").is_dir():
-        return _weight_files_in(folder / "pretrained_model")
-    if (folder / "adapter_model.safetensors").is_file():
-        raise CheckpointError(
-            f"{folder} holds a LoRA adapter, not full weights; use model_zoo.lora.load_adapter"
-        )
-    pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise _refuse_pickle(pickles)
-    raise CheckpointError(f"No {WEIGHTS_NAME} (or other safetensors weights) in {folder}")
-
-
-def resolve_weight_files(
-    path_or_hub_id: str | os.PathLike,
-    *,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> list[Path]:
-    """Local safetensors file(s) for a local file, local folder or Hub id (downloaded if needed)."""
-    path = Path(path_or_hub_id).expanduser()
-    if path.is_file():
-        if path.suffix in PICKLE_SUFFIXES:
-            raise _refuse_pickle([path])
-        if path.name.endswith(".safetensors.index.json"):
-            return _weight_files_in_index(path)
-        if path.suffix != ".safetensors":
-            raise CheckpointError(f"{path} is not a .safetensors file (nor a .safetensors.index.json)")
-        return [path]
-    if path.is_dir():
-        return _weight_files_in(path)
-    text = str(path_or_hub_id)
-    if looks_like_hub_id(text):
-        return _weight_files_in(download_checkpoint(text, revision=revision, cache_dir=cache_dir))
-    raise CheckpointError(
-        f"{text!r} is neither an existing file or folder nor a Hub id of the form 'owner/name'"
-    )
-
-
-def _weight_files_in_index(index: Path) -> list[Path]:
-    """The shard files named by a `*.safetensors.index.json` (all must exist)."""
-    weight_map = json.loads(index.read_text()).get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise CheckpointError(f"{index} has no 'weight_map'; it is not a safetensors shard index")
-    shards = [index.parent / name for name in sorted(set(weight_map.values()))]
-    absent = [str(s) for s in shards if not s.is_file()]
-    if absent:
-        raise CheckpointError(f"{index} names shard(s) that do not exist: {absent[:5]}")
-    return shards
 
 
 # ------------------------------------------------------------------------------------------------ plan

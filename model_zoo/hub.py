@@ -1,19 +1,30 @@
-"""Download a checkpoint folder from the Hugging Face Hub (safetensors and JSON only).
+"""Find the safetensors files of a checkpoint: a local file, a local folder, or a Hub id (downloaded).
 
-Kept apart from `checkpoint.py` so the loading logic can be read (and tested) without the network:
-everything here reduces a Hub id to a local folder, and `checkpoint.py` only ever reads local files.
+Everything here reduces a user's "path or Hub id" to a list of local safetensors files, so that
+`checkpoint.py` only ever reads local files. Pickle formats (.bin/.pt/.pth/.ckpt) are refused here:
+unpickling can run arbitrary code, and they are never fetched from the Hub either.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # Pickle-based weights are never fetched (and never loaded): only safetensors and the JSON beside them.
 HUB_ALLOW_PATTERNS = ("*.safetensors", "*.json")
 
 # "owner/name" with the characters the Hub allows in repo ids.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be (fully) loaded into the model; the message says why (or holds the report)."""
 
 
 class HubUnavailableError(RuntimeError):
@@ -86,3 +97,81 @@ def download_checkpoint(
             f"holding model.safetensors instead of the Hub id. ({type(err).__name__}: {err})"
         ) from err
     return Path(folder)
+
+
+# ---------------------------------------------------------------------------------------------- locate
+
+
+def _refuse_pickle(paths: list[Path]) -> CheckpointError:
+    names = ", ".join(str(p) for p in paths[:5])
+    return CheckpointError(
+        f"Refusing to load pickle-based weights ({names}): unpickling can run arbitrary code. Only safetensors "
+        f"are loaded. Convert them once, in an environment you trust, e.g. "
+        f"`safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')`."
+    )
+
+
+def _weight_files_in(folder: Path) -> list[Path]:
+    """The safetensors file(s) of the checkpoint in `folder` (one file, or the shards of an index)."""
+    for index in [folder / WEIGHTS_INDEX_NAME, *sorted(folder.glob("*.safetensors.index.json"))]:
+        if index.is_file():
+            return _weight_files_in_index(index)
+    if (folder / WEIGHTS_NAME).is_file():
+        return [folder / WEIGHTS_NAME]
+    found = sorted(p for p in folder.glob("*.safetensors") if p.name != ADAPTER_WEIGHTS_NAME)
+    if len(found) == 1:
+        return found
+    if len(found) > 1:
+        raise CheckpointError(
+            f"{folder} holds several safetensors files {[p.name for p in found]} and no {WEIGHTS_INDEX_NAME}; "
+            "pass the file to load"
+        )
+    # LeRobot training runs keep the weights one level down (checkpoints/<step>/pretrained_model/).
+    if (folder / "pretrained_model").is_dir():
+        return _weight_files_in(folder / "pretrained_model")
+    if (folder / ADAPTER_WEIGHTS_NAME).is_file():
+        raise CheckpointError(
+            f"{folder} holds a LoRA adapter, not full weights; use model_zoo.lora.load_adapter"
+        )
+    pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise _refuse_pickle(pickles)
+    raise CheckpointError(f"No {WEIGHTS_NAME} (or other safetensors weights) in {folder}")
+
+
+def resolve_weight_files(
+    path_or_hub_id: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> list[Path]:
+    """Local safetensors file(s) for a local file, local folder or Hub id (downloaded if needed)."""
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_file():
+        if path.suffix in PICKLE_SUFFIXES:
+            raise _refuse_pickle([path])
+        if path.name.endswith(".safetensors.index.json"):
+            return _weight_files_in_index(path)
+        if path.suffix != ".safetensors":
+            raise CheckpointError(f"{path} is not a .safetensors file (nor a .safetensors.index.json)")
+        return [path]
+    if path.is_dir():
+        return _weight_files_in(path)
+    text = str(path_or_hub_id)
+    if looks_like_hub_id(text):
+        return _weight_files_in(download_checkpoint(text, revision=revision, cache_dir=cache_dir))
+    raise CheckpointError(
+        f"{text!r} is neither an existing file or folder nor a Hub id of the form 'owner/name'"
+    )
+
+
+def _weight_files_in_index(index: Path) -> list[Path]:
+    """The shard files named by a `*.safetensors.index.json` (all must exist)."""
+    weight_map = json.loads(index.read_text()).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index} has no 'weight_map'; it is not a safetensors shard index")
+    shards = [index.parent / name for name in sorted(set(weight_map.values()))]
+    absent = [str(s) for s in shards if not s.is_file()]
+    if absent:
+        raise CheckpointError(f"{index} names shard(s) that do not exist: {absent[:5]}")
+    return shards

@@ -334,3 +334,22 @@ def test_public_checkpoint_keys_map_onto_real_model(model_type, layout):
     assert report.filled_from_tied == {EMBED_KEY: VLM_LM_HEAD_KEY}
     assert set(sources) == set(model_shapes)
     assert len(report.renamed) == (4 if layout == "lerobot_swapped_time_mlp" else 0)
+
+
+def test_folder_conventions(tmp_path, pi05_model):
+    # LeRobot training runs keep the weights in checkpoints/<step>/pretrained_model/.
+    save_checkpoint(pi05_model, tmp_path / "run" / "pretrained_model", layout="lerobot")
+    target = make_model("pi05", seed=11)
+    load_pretrained(target, tmp_path / "run")
+    assert_same_weights(pi05_model, target)
+
+    (tmp_path / "two").mkdir()
+    for name in ("a.safetensors", "b.safetensors"):
+        save_file({"x": torch.zeros(1)}, str(tmp_path / "two" / name))
+    with pytest.raises(CheckpointError, match="several safetensors files"):
+        load_pretrained(target, tmp_path / "two")
+
+    (tmp_path / "adapter").mkdir()
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    with pytest.raises(CheckpointError, match="LoRA adapter.*load_adapter"):
+        load_pretrained(target, tmp_path / "adapter")
