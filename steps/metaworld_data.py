@@ -177,14 +177,16 @@ def replay_episode(env, seed: int, actions: np.ndarray, *, on_frame: Callable | 
 
 
 def generate_demonstrations(spec: MetaworldDataSpec, root: str | Path, *, log=print) -> dict:
-    """Write the dataset `spec` describes to `root` (must not exist); returns its `meta/metaworld.json`."""
-    from data_adapters.lerobot_writer import LeRobotWriter
+    """Write the dataset `spec` describes to `root` (must not exist or be empty).
 
-    from steps.metaworld_env import FPS, IMAGE_KEY, MetaworldEnv, expert_policy
-
+    Returns the content of `meta/metaworld.json` plus "seconds" (generation time).
+    """
     root = Path(root)
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root}: output folder exists and is not empty")
+    from data_adapters.lerobot_writer import LeRobotWriter
+    from steps.metaworld_env import FPS, IMAGE_KEY, MetaworldEnv, expert_policy
+
     writer = LeRobotWriter(
         root,
         fps=FPS,
@@ -196,55 +198,55 @@ def generate_demonstrations(spec: MetaworldDataSpec, root: str | Path, *, log=pr
     episodes: list[dict] = []
     start = time.perf_counter()
     frames = 0
-    for env_name in spec.tasks:
-        kept, seed, max_attempts = 0, spec.seed, spec.episodes + max(5, spec.episodes)
-        expert = expert_policy(env_name)
-        with (
-            MetaworldEnv(env_name, resolution=None) as physics,
-            MetaworldEnv(env_name, resolution=spec.resolution) as renderer,
-        ):
-            tid = np.array([task_id(env_name)], dtype=np.int64)
-            while kept < spec.episodes:
-                if seed - spec.seed >= max_attempts:
-                    raise RuntimeError(
-                        f"{env_name}: the scripted expert succeeded on only {kept} of {max_attempts} seeds "
-                        f"from {spec.seed}; ask for fewer episodes or pass keep_failed"
+    with writer:  # finalizes on success, removes its temporary folder on error
+        for env_name in spec.tasks:
+            kept, seed, max_attempts = 0, spec.seed, spec.episodes + max(5, spec.episodes)
+            expert = expert_policy(env_name)
+            with (
+                MetaworldEnv(env_name, resolution=None) as physics,
+                MetaworldEnv(env_name, resolution=spec.resolution) as renderer,
+            ):
+                tid = np.array([task_id(env_name)], dtype=np.int64)
+                while kept < spec.episodes:
+                    if seed - spec.seed >= max_attempts:
+                        raise RuntimeError(
+                            f"{env_name}: the scripted expert succeeded on only {kept} of {max_attempts} seeds "
+                            f"from {spec.seed}; ask for fewer episodes or pass keep_failed"
+                        )
+                    trace = rollout_expert(physics, seed, spec.max_steps, expert)
+                    seed += 1
+                    if not (trace.success or spec.keep_failed):
+                        log(f"[metaworld] {env_name} seed {trace.seed}: expert failed, skipped")
+                        continue
+
+                    def write(obs, image, action, result, _tid=tid, _prompt=renderer.prompt):
+                        frame = {
+                            IMAGE_KEY: image,
+                            "observation.state": obs[:4].astype(np.float32),
+                            "observation.environment_state": obs.astype(np.float32),
+                            "action": action.astype(np.float32),
+                            "next.reward": np.array([result.reward], dtype=np.float32),
+                            "next.success": np.array([result.success], dtype=bool),
+                            "task_id": _tid,
+                        }
+                        writer.add_frame(frame, task=_prompt)
+
+                    replayed = replay_episode(renderer, trace.seed, trace.actions, on_frame=write)
+                    if any(replayed) != trace.success or len(replayed) != trace.length:
+                        raise RuntimeError(f"{env_name} seed {trace.seed}: replay diverged from the rollout")
+                    writer.save_episode()
+                    episodes.append(
+                        {
+                            "episode_index": len(episodes),
+                            "env_name": env_name,
+                            "seed": trace.seed,
+                            "length": trace.length,
+                            "success": trace.success,
+                        }
                     )
-                trace = rollout_expert(physics, seed, spec.max_steps, expert)
-                seed += 1
-                if not (trace.success or spec.keep_failed):
-                    log(f"[metaworld] {env_name} seed {trace.seed}: expert failed, skipped")
-                    continue
-
-                def write(obs, image, action, result, _tid=tid, _prompt=renderer.prompt):
-                    frame = {
-                        IMAGE_KEY: image,
-                        "observation.state": obs[:4].astype(np.float32),
-                        "observation.environment_state": obs.astype(np.float32),
-                        "action": action.astype(np.float32),
-                        "next.reward": np.array([result.reward], dtype=np.float32),
-                        "next.success": np.array([result.success], dtype=bool),
-                        "task_id": _tid,
-                    }
-                    writer.add_frame(frame, task=_prompt)
-
-                replayed = replay_episode(renderer, trace.seed, trace.actions, on_frame=write)
-                if any(replayed) != trace.success or len(replayed) != trace.length:
-                    raise RuntimeError(f"{env_name} seed {trace.seed}: replay diverged from the rollout")
-                writer.save_episode()
-                episodes.append(
-                    {
-                        "episode_index": len(episodes),
-                        "env_name": env_name,
-                        "seed": trace.seed,
-                        "length": trace.length,
-                        "success": trace.success,
-                    }
-                )
-                frames += trace.length
-                kept += 1
-        log(f"[metaworld] {env_name}: {kept} episodes (seeds {spec.seed}..{seed - 1})")
-    writer.finalize()
+                    frames += trace.length
+                    kept += 1
+            log(f"[metaworld] {env_name}: {kept} episodes (seeds {spec.seed}..{seed - 1})")
     meta = {
         "generator": "vla-sft steps.metaworld_data",
         "generator_version": GENERATOR_VERSION,
@@ -253,10 +255,10 @@ def generate_demonstrations(spec: MetaworldDataSpec, root: str | Path, *, log=pr
         "camera": "corner4, rotated 180 degrees (lerobot/metaworld_mt50 view)",
         "episodes": episodes,
         "frames": frames,
-        "seconds": round(time.perf_counter() - start, 2),
     }
     (root / META_FILE).write_text(json.dumps(meta, indent=1))
-    return meta
+    # Timing stays out of the file so regenerating gives the same metadata.
+    return {**meta, "seconds": round(time.perf_counter() - start, 2)}
 
 
 def read_generation_meta(root: str | Path) -> dict:

@@ -75,7 +75,11 @@ class MetaworldEnv:
         (self.task,) = check_task_names([task])
         if resolution is not None and not (isinstance(resolution, int) and 16 <= resolution <= 2048):
             raise ValueError(f"resolution: expected an int in [16, 2048], got {resolution!r}")
-        configure_headless_gl()
+        try:
+            configure_headless_gl()
+        except RuntimeError:
+            if resolution is not None:  # physics alone does not need OpenGL
+                raise
         import mujoco
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
