@@ -14,6 +14,7 @@ second MLflow run.
 from __future__ import annotations
 
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -71,15 +72,16 @@ def default_artifact_location(uri: str, experiment_name: str) -> str | None:
     db = sqlite_db_path(uri)
     if db is None:
         return None
-    return (db.parent / "mlruns" / experiment_name).resolve().as_uri()
+    folder = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment_name)
+    return (db.parent / "mlruns" / folder).resolve().as_uri()
 
 
 def check_reachable(uri: str, timeout_s: float = REACHABILITY_TIMEOUT_S) -> None:
     """Raise TrackingError in at most ``timeout_s`` seconds when ``uri`` cannot be used.
 
-    http(s): one GET to ``/health`` (any HTTP answer below 500 counts: the server is there, and
-    auth is MLflow's business). sqlite: the database's folder must exist and be writable. Other
-    schemes (databricks, file) are left to MLflow.
+    http(s): one GET to ``/health``; 200 (or 401/403: a server behind auth, which is MLflow's business)
+    counts, anything else means no MLflow server there. sqlite: the database's folder must exist
+    and be writable. Other schemes (databricks, file) are left to MLflow.
     """
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme in ("http", "https"):
@@ -95,8 +97,10 @@ def check_reachable(uri: str, timeout_s: float = REACHABILITY_TIMEOUT_S) -> None
                 f"MLflow tracking URI {uri} is unreachable ({reason}); start the server or set "
                 f"MLFLOW_TRACKING_URI (default {DEFAULT_TRACKING_URI})"
             ) from None
-        if status >= 500:
-            raise TrackingError(f"MLflow tracking URI {uri} answered HTTP {status} on /health")
+        if status not in (200, 401, 403):
+            raise TrackingError(
+                f"MLflow tracking URI {uri} does not look like an MLflow server (HTTP {status} on /health)"
+            )
         return
     db = sqlite_db_path(uri)
     if db is not None:
@@ -114,6 +118,23 @@ def lineage_id_for(flow_name: str, run_id: str, origin_run_id: str | None) -> st
     re-executed by a resume, ``origin_run_id`` keeps the lineage (and its MLflow run) the same.
     """
     return f"{flow_name}-{origin_run_id or run_id}"
+
+
+def git_commit(path: str | os.PathLike) -> str | None:
+    """The git commit of the checkout holding ``path`` (with ``-dirty`` if it has changes), or None."""
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+                               capture_output=True, text=True, timeout=5)  # fmt: skip
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def get_or_create_experiment(client, uri: str, name: str) -> str:
