@@ -1,0 +1,146 @@
+"""The registered MLflow pyfunc: load by alias, same actions as the policy, served over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+mlflow = pytest.importorskip("mlflow")
+
+from steps.mlflow_pyfunc import decode_image, encode_image  # noqa: E402
+from steps.model_logging import example_input, log_policy_model, write_model_card  # noqa: E402
+from steps.policy import Policy  # noqa: E402
+from tests.mlflow_helpers import free_port  # noqa: E402
+from tests.policy_helpers import make_tiny_export  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pyfunc")
+    export = make_tiny_export(root, "pi05_metaworld")
+    write_model_card(export, metrics={"val_loss": 0.5}, lineage={"dataset_id": "local", "git_commit": "abc"})
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    mlflow.set_experiment("pyfunc-test")
+    with mlflow.start_run() as run:
+        info = log_policy_model(export)
+    client = mlflow.MlflowClient()
+    client.create_registered_model("pi05_metaworld_test")
+    version = client.create_model_version("pi05_metaworld_test", info.model_uri, run_id=run.info.run_id)
+    client.set_registered_model_alias("pi05_metaworld_test", "champion", version.version)
+    yield {"export": export, "uri": uri, "model_uri": "models:/pi05_metaworld_test@champion", "root": root}
+    mlflow.set_tracking_uri(None)
+
+
+def _frame(rng, rows=2):
+    import pandas as pd
+
+    return pd.DataFrame(
+        [
+            {
+                "observation.image": encode_image(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)),
+                "state": rng.normal(size=4).tolist(),
+                "task": "push the puck",
+            }
+            for _ in range(rows)
+        ]
+    )
+
+
+def test_image_encoding_round_trip():
+    image = np.random.default_rng(0).integers(0, 255, (7, 9, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(decode_image(encode_image(image), column="c", row=0), image)
+    with pytest.raises(ValueError, match="row 3, column 'cam': not a base64-encoded PNG/JPEG image"):
+        decode_image("not an image", column="cam", row=3)
+
+
+def test_pyfunc_by_alias_equals_policy(registered):
+    model = mlflow.pyfunc.load_model(registered["model_uri"])
+    df = _frame(np.random.default_rng(0))
+    got = np.asarray(model.predict(df))
+    policy = Policy.from_export(registered["export"], device="cpu")
+    observations = [
+        {"images": {"observation.image": decode_image(r["observation.image"], column="", row=0)},
+         "state": r["state"], "task": r["task"]}
+        for r in df.to_dict(orient="records")
+    ]  # fmt: skip
+    np.testing.assert_allclose(got, policy.predict(observations), atol=1e-6)
+    assert got.shape == (2, 5, 4)
+
+
+def test_logged_model_carries_export_and_card(registered):
+    local = mlflow.artifacts.download_artifacts(registered["model_uri"])
+    files = {p.name for p in __import__("pathlib").Path(local).rglob("*")}
+    for name in (
+        "model.safetensors",
+        "norm_stats.json",
+        "config_type.json",
+        "tokenizer.model",
+        "README.md",
+        "MLmodel",
+    ):
+        assert name in files, name
+    assert not any(name.endswith((".pkl", ".pickle")) for name in files)
+
+
+def test_pyfunc_bad_input_is_clear(registered):
+    model = mlflow.pyfunc.load_model(registered["model_uri"])
+    df = _frame(np.random.default_rng(1), rows=1)
+    with pytest.raises(
+        Exception, match="observation 0: state has 2 values, config type 'pi05_metaworld' expects 4"
+    ):
+        model.predict(df.assign(state=[[0.0, 1.0]]))
+    # MLflow's schema check names the missing column before the policy sees the row.
+    with pytest.raises(Exception, match=r"missing inputs \['observation.image'\]"):
+        model.predict(df.drop(columns=["observation.image"]))
+
+
+def test_example_input_matches_schema(registered):
+    policy = Policy.from_export(registered["export"], device="cpu")
+    df = example_input(policy.config_type)
+    assert list(df.columns) == ["observation.image", "state", "task"]
+
+
+@pytest.mark.slow
+def test_served_endpoint_answers(registered):
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"]}
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", registered["model_uri"],
+           "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    log = open(registered["root"] / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (registered["root"] / "serve.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(1)
+        df = _frame(np.random.default_rng(2), rows=1)
+        body = json.dumps({"dataframe_records": df.to_dict(orient="records")}).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            answer = json.loads(resp.read())
+        served = np.asarray(answer["predictions"], dtype=np.float32)
+        local = np.asarray(mlflow.pyfunc.load_model(registered["model_uri"]).predict(df))
+        np.testing.assert_allclose(served, local, atol=1e-5)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
