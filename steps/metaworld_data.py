@@ -36,6 +36,10 @@ URI_SCHEME = "metaworld://"
 META_FILE = "meta/metaworld.json"
 GENERATOR_VERSION = 1  # bump when the generated data changes for the same parameters
 ROBOT_TYPE = "metaworld"
+# Shipped with the repository for the pi05_metaworld demo: 3 easy tasks x 5 expert episodes, 224², AV1.
+# Regenerate: python -m steps.metaworld_data --tasks reach-v3,button-press-v3,drawer-close-v3 \
+#     --episodes 5 --resolution 224 --out data_adapters/demo_data/metaworld_demo
+DEMO_DATASET = Path(__file__).resolve().parents[1] / "data_adapters" / "demo_data" / "metaworld_demo"
 
 
 @dataclass(frozen=True)

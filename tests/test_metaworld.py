@@ -246,6 +246,25 @@ def test_failed_expert_episodes_are_dropped_or_kept_on_request(tmp_path):
     ]
 
 
+def test_shipped_demo_dataset_matches_pi05_metaworld_and_replays():
+    """The committed demo data reads back, fits pi05_metaworld, and still replays to success (physics only)."""
+    from data_adapters.config_types import get_config_type, validate_against_dataset
+    from data_adapters.lerobot_format import read_meta
+    from data_adapters.lerobot_reader import read_numeric
+
+    root = metaworld_data.DEMO_DATASET
+    meta = read_meta(root)
+    validate_against_dataset(get_config_type("pi05_metaworld"), meta.info)
+    gen = metaworld_data.read_generation_meta(root)
+    assert len(meta.episodes) == len(gen["episodes"]) and meta.fps == 80
+    actions = read_numeric(root, ["action"])
+    first_per_task = {ep["env_name"]: ep for ep in reversed(gen["episodes"])}
+    for ep in first_per_task.values():
+        with MetaworldEnv(ep["env_name"], resolution=None) as env:
+            successes = metaworld_data.replay_episode(env, ep["seed"], actions[ep["episode_index"]])
+        assert successes[-1] and not any(successes[:-1]), ep
+
+
 # ------------------------------------------------------------------------------------------ evaluator
 def test_evaluator_expert_scores_one_and_random_about_zero(tmp_path):
     common = dict(
