@@ -201,21 +201,24 @@ def set_tags(uri: str, run_id: str, tags: Mapping[str, object]) -> None:
 
 
 def log_params(uri: str, run_id: str, params: Mapping[str, object]) -> None:
-    """Log params in one batch; values already logged with the same value are skipped.
+    """Log params in one batch; params already logged are left as they are.
 
-    MLflow refuses to change a param. On resume the same params are logged again, so skip the
-    ones that are already there (and let a changed value raise: it means a different job).
+    MLflow refuses to change a param. A resumed or retried job logs its params again, and a few may
+    legitimately differ (a fault-injection setting, a node-local path): the first value stays, and
+    the changed keys are reported on stderr rather than failing the job.
     """
+    import sys
+
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     existing = client.get_run(run_id).data.params
-    fresh = [
-        Param(key, _param_str(value))
-        for key, value in params.items()
-        if key not in existing or existing[key] != _param_str(value)
-    ]
+    values = {key: _param_str(value) for key, value in params.items()}
+    changed = sorted(k for k, v in values.items() if k in existing and existing[k] != v)
+    if changed:
+        print(f"MLflow params kept at their first value (this attempt differs): {changed}", file=sys.stderr)
+    fresh = [Param(key, value) for key, value in values.items() if key not in existing]
     for start in range(0, len(fresh), 100):  # log_batch takes at most 100 params per call
         client.log_batch(run_id, params=fresh[start : start + 100])
 

@@ -1,0 +1,351 @@
+"""The SFT flow: input validation in start, MLflow helpers, registration, packaging, and real runs.
+
+Every flow run here is a real local Metaflow run in a subprocess, with its datastore, Metaflow home,
+MLflow database and caches under tmp folders. The end-to-end runs are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from steps import tracking
+from steps.validate_inputs import InputError, validate_run_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+FLOW = REPO / "flows" / "sft_flow.py"
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def flow_env(root: Path, **extra: str) -> dict:
+    env = dict(os.environ)
+    env.pop("MLFLOW_RUN_ID", None)
+    env.update(
+        USERNAME="dev",
+        METAFLOW_HOME=str(root / "mfhome"),
+        METAFLOW_DATASTORE_SYSROOT_LOCAL=str(root / "mfds"),
+        METAFLOW_DEFAULT_DATASTORE="local",
+        METAFLOW_DEFAULT_METADATA="local",
+        MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
+        VLA_SFT_CACHE=str(root / "cache"),
+        PYTHONPATH=str(REPO),
+        TOKENIZERS_PARALLELISM="false",
+    )
+    env.update(extra)
+    return env
+
+
+def run_flow(
+    root: Path, *args: str, env: dict | None = None, timeout: float = 1500
+) -> subprocess.CompletedProcess:
+    root.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([sys.executable, str(FLOW), *args], cwd=root, env=env or flow_env(root),
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def inspect_run(root: Path, run_id: str | None = None) -> dict:
+    """Steps, success and key artifacts of the (latest) SFTFlow run, read with the Metaflow client."""
+    script = textwrap.dedent(f"""
+        import json
+        from metaflow import Flow, Run, namespace
+        namespace(None)
+        run = Run("SFTFlow/{run_id}") if {run_id!r} else Flow("SFTFlow").latest_run
+        out = {{"id": run.id, "successful": run.successful, "finished": run.finished, "tags": sorted(run.tags),
+               "steps": {{s.id: all(t.successful for t in s) for s in run}}}}
+        data = run["end"].task.data if run.successful else None
+        if data is not None:
+            out.update(lineage_id=data.lineage_id, mlflow_run_id=data.mlflow_run_id, model_version=data.model_version,
+                       train_result=data.train_result, eval_metrics=data.eval_metrics, plan=data.plan)
+        print("INSPECT" + json.dumps(out))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, env=flow_env(root), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("INSPECT"))
+    return json.loads(line[len("INSPECT") :])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- validation in start (fast) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"config_type": "pi05_metaword"},
+            r"--config_type: unknown config type 'pi05_metaword'.*pi05_metaworld",
+        ),
+        ({"dataset": "/no/such/dataset"}, r"--dataset: local path /no/such/dataset does not exist"),
+        ({"lora": True, "lora_rank": 0}, r"--lora_rank: must be an integer >= 1"),
+        ({"max_steps": 0}, r"--max_steps: must be a positive integer"),
+        ({"learning_rate": -1.0}, r"--learning_rate: must be a positive number"),
+        ({"batch_size": 5, "nodes": 2}, r"--batch_size: global batch 5 is not divisible by the world size 2"),
+        ({"eval_episodes": -1}, r"--eval_episodes"),
+        (
+            {"pretrained": "/no/weights", "demo": False},
+            r"--pretrained: local path /no/weights does not exist",
+        ),
+        ({"pretrained": "org/weights"}, r"--pretrained: not used with --demo"),
+        ({"dataset": "metaworld://tasks=not-a-task"}, r"--dataset:"),
+    ],
+)
+def test_validate_run_inputs_rejects_bad_values(kwargs, match, tmp_path):
+    args = {
+        "config_type": "pi05_metaworld",
+        "demo": True,
+        "tracking_uri": f"sqlite:///{tmp_path}/m.db",
+        **kwargs,
+    }
+    with pytest.raises(InputError, match=match):
+        validate_run_inputs(**args)
+
+
+def test_validate_run_inputs_rejects_dataset_of_another_schema(tmp_path):
+    from data_adapters.config_types import get_config_type
+    from data_adapters.synthetic import make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path / "libero", get_config_type("pi0_libero"), num_episodes=2,
+                                  min_len=4, max_len=5, image_size=8)  # fmt: skip
+    with pytest.raises(InputError, match=r"--dataset: .* does not match config type 'pi05_metaworld'"):
+        validate_run_inputs(
+            config_type="pi05_metaworld", dataset=str(root), tracking_uri=f"sqlite:///{tmp_path}/m.db"
+        )
+    plan = validate_run_inputs(
+        config_type="pi0_libero", dataset=str(root), tracking_uri=f"sqlite:///{tmp_path}/m.db"
+    )
+    assert (
+        plan.dataset_kind == "local" and plan.dataset == str(root.resolve()) and plan.model_variant == "real"
+    )
+
+
+def test_unreachable_mlflow_fails_fast():
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(
+        InputError, match=r"MLFLOW_TRACKING_URI: MLflow tracking URI http://127\.0\.0\.1:\d+ is unreachable"
+    ):
+        validate_run_inputs(config_type="pi05_metaworld", demo=True, tracking_uri=uri)
+    assert time.monotonic() - started < 5
+
+
+def test_tracking_uri_resolution(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking.resolve_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    assert tracking.resolve_tracking_uri() == "http://mlflow.internal:5000"
+    with pytest.raises(tracking.TrackingError, match="does not exist"):
+        tracking.check_reachable(f"sqlite:///{tmp_path}/missing/mlflow.db")
+
+
+def test_demo_plan_defaults(tmp_path):
+    plan = validate_run_inputs(
+        config_type="pi05_metaworld", demo=True, tracking_uri=f"sqlite:///{tmp_path}/m.db"
+    )
+    assert (
+        plan.dataset_kind == "demo" and plan.model_variant == "tiny" and plan.max_steps and plan.global_batch
+    )
+    assert plan.lora_rank is None and plan.finetune == "full"
+
+
+def test_bad_cli_input_fails_in_start_within_seconds(tmp_path):
+    """Four bad command lines, run concurrently: each fails in start with one 'Invalid input' line."""
+    cases = {
+        "config": (["--config_type", "pi05_metaword"], r"--config_type: unknown config type 'pi05_metaword'"),
+        "dataset": (["--dataset", str(tmp_path / "nope")], "--dataset: local path"),
+        "mlflow": ([], "is unreachable"),
+        "lora": (["--lora", "--lora_rank", "0"], "--lora_rank: must be an integer >= 1"),
+    }
+    procs = {}
+    started = time.monotonic()
+    for name, (args, _) in cases.items():
+        root = tmp_path / name
+        root.mkdir()
+        extra = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"} if name == "mlflow" else {}
+        procs[name] = subprocess.Popen([sys.executable, str(FLOW), "run", "--demo", *args], cwd=root,
+                                       env=flow_env(root, **extra), stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    for name, (_, expected) in cases.items():
+        out, _ = procs[name].communicate(timeout=180)
+        assert procs[name].returncode != 0, out[-2000:]
+        assert "Invalid input:" in out, out[-2000:]
+        lines = [
+            line for line in out.splitlines() if expected in line or (name == "config" and "unknown" in line)
+        ]
+        assert lines, out[-2000:]
+        assert "step fetch_data" not in out and "/fetch_data/" not in out  # nothing ran after start
+        assert "Traceback" not in out
+    # Four Metaflow start-ups in parallel on a 2-core machine; validation itself takes < 1 s.
+    assert time.monotonic() - started < 120
+
+
+# --- MLflow helpers and registration (fast, real sqlite store) ----------------------------------------
+
+
+def test_run_per_lineage_is_reused_and_params_are_idempotent(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_a, created_a = tracking.get_or_create_run(uri, "exp", "SFTFlow-1", tags={"k": "v"})
+    run_b, created_b = tracking.get_or_create_run(uri, "exp", "SFTFlow-1")
+    run_c, created_c = tracking.get_or_create_run(uri, "exp", "SFTFlow-2")
+    assert (created_a, created_b, created_c) == (True, False, True)
+    assert run_a == run_b != run_c
+    tracking.log_params(uri, run_a, {"x": 1, "y": "a"})
+    tracking.log_params(uri, run_a, {"x": 1, "y": "a", "z": 2.5})  # a resume logs the same params again
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    assert client.get_run(run_a).data.params == {"x": "1", "y": "a", "z": "2.5"}
+    assert client.get_experiment_by_name("exp").artifact_location.startswith((tmp_path / "mlruns").as_uri())
+    assert tracking.lineage_id_for("SFTFlow", "7", None) == "SFTFlow-7"
+    assert tracking.lineage_id_for("SFTFlow", "9", "7") == "SFTFlow-7"
+
+
+def test_register_is_idempotent_and_sets_alias(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from steps import register
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_id, _ = tracking.get_or_create_run(uri, "exp", "SFTFlow-5")
+    model_dir = tmp_path / "export"
+    model_dir.mkdir()
+    (model_dir / "model.safetensors").write_bytes(b"weights")
+    (model_dir / "config.json").write_text("{}")
+    tags = register.lineage_tags(lineage_id="SFTFlow-5", pathspec="SFTFlow/5", config_type="pi05_metaworld",
+                                 dataset="lerobot/x", dataset_revision="v1", dataset_fingerprint="abc",
+                                 base_checkpoint=None, finetune="lora", git_commit="deadbeef")  # fmt: skip
+    first = register.register_model(uri, name="pi05_metaworld", model_dir=model_dir, run_id=run_id,
+                                    lineage_id="SFTFlow-5", tags=tags, metrics={"val_loss": 0.5})  # fmt: skip
+    again = register.register_model(uri, name="pi05_metaworld", model_dir=model_dir, run_id=run_id,
+                                    lineage_id="SFTFlow-5", tags=tags, metrics={"val_loss": 0.25})  # fmt: skip
+    assert first.created and not again.created and first.version == again.version == "1"
+    client = MlflowClient(uri)
+    versions = client.search_model_versions("name = 'pi05_metaworld'")
+    assert len(versions) == 1
+    mv = client.get_model_version("pi05_metaworld", "1")
+    assert mv.tags["vla_sft.lineage_id"] == "SFTFlow-5" and mv.tags["dataset.fingerprint"] == "abc"
+    assert float(mv.tags["metric.val_loss"]) == 0.25
+    aliases = client.get_registered_model("pi05_metaworld").aliases
+    assert {k: str(v) for k, v in aliases.items()} == {"candidate": "1"}
+    assert {f.path for f in client.list_artifacts(run_id, "model")} == {
+        "model/config.json",
+        "model/model.safetensors",
+    }
+    # Another training run (lineage) of the same config type gets its own version.
+    other_run, _ = tracking.get_or_create_run(uri, "exp", "SFTFlow-6")
+    second = register.register_model(uri, name="pi05_metaworld", model_dir=model_dir, run_id=other_run,
+                                     lineage_id="SFTFlow-6", tags={**tags, "vla_sft.lineage_id": "SFTFlow-6"})  # fmt: skip
+    assert second.created and second.version == "2"
+    with pytest.raises(ValueError, match="model_dir: .* is not a folder"):
+        register.register_model(
+            uri, name="m", model_dir=tmp_path / "none", run_id=run_id, lineage_id="x", tags={}
+        )
+
+
+# --- packaging (fast) ---------------------------------------------------------------------------------
+
+
+def test_code_package_ships_project_packages(tmp_path):
+    """`package save` holds steps/, model_zoo/, data_adapters/, flows/ and the torchrun extension, and
+    the project imports from the unpacked package alone (as on a remote task)."""
+    result = run_flow(tmp_path, "package", "save", str(tmp_path / "pkg.tgz"), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with tarfile.open(tmp_path / "pkg.tgz") as tar:
+        names = set(tar.getnames())
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    for name in ("sft_flow.py", "steps/train.py", "steps/tracking.py", "model_zoo/pi0.py",
+                 "data_adapters/config_types.py", "flows/torchrun_compat.py"):  # fmt: skip
+        assert name in names, name
+    assert any("metaflow_extensions/torchrun" in n for n in names)
+    probe = ("import steps.train_launch, model_zoo.pi0, data_adapters.transforms, flows.torchrun_compat as t; "
+             "print(steps.train_launch.__file__); print(t.__file__)")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path / "unpacked", env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert all(line.startswith(str(tmp_path / "unpacked")) for line in proc.stdout.split())
+
+
+# --- real runs (slow) --------------------------------------------------------------------------------
+
+
+def _mlflow_checks(root: Path, info: dict, *, expect_world_size: int) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    run = client.get_run(info["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["vla_sft.lineage_id"] == info["lineage_id"]
+    assert run.data.tags["metaflow.pathspec"].startswith("SFTFlow/")
+    assert run.data.params["plan.config_type"] == "pi05_metaworld"
+    assert run.data.params["world_size"] == str(expect_world_size)
+    assert "train/loss" in run.data.metrics and "eval/val_loss" in run.data.metrics
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    steps = [m.step for m in history]
+    assert len(steps) == len(set(steps)), "duplicate metric steps after resume"
+    assert max(steps) == info["train_result"]["final_step"]
+    artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "model")}
+    assert {"model/model.safetensors", "model/norm_stats.json", "model/tokenizer.model"} <= artifacts
+    mv = info["model_version"]
+    versions = client.search_model_versions(f"name = '{mv['name']}'")
+    mine = [v for v in versions if v.tags.get("vla_sft.lineage_id") == info["lineage_id"]]
+    assert len(mine) == 1, "the model must be registered exactly once per lineage"
+    tags = mine[0].tags
+    assert tags["metaflow.pathspec"] == f"SFTFlow/{info['id']}"
+    assert tags["config_type"] == "pi05_metaworld" and tags["finetune"] == "full"
+    assert tags["dataset.fingerprint"] and "metric.val_loss" in tags
+    assert str(client.get_registered_model(mv["name"]).aliases["candidate"]) == str(mine[0].version)
+    runs = client.search_runs([run.info.experiment_id], f"tags.`vla_sft.lineage_id` = '{info['lineage_id']}'")
+    assert len(runs) == 1, "one MLflow run per lineage"
+
+
+@pytest.mark.slow
+def test_demo_flow_end_to_end_on_two_local_nodes(tmp_path):
+    """`run --demo` with @torchrun on 2 local nodes (gloo): every step succeeds, MLflow has it all."""
+    result = run_flow(tmp_path, "--config-value", "cluster", '{"nodes": 2}', "run", "--demo")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    info = inspect_run(tmp_path)
+    assert info["successful"]
+    assert set(info["steps"]) == {"start", "fetch_data", "compute_norm_stats", "train", "join", "evaluate",
+                                  "register", "end"} and all(info["steps"].values())  # fmt: skip
+    assert info["train_result"]["world_size"] == 2
+    assert info["train_result"]["final_step"] == info["plan"]["max_steps"]
+    assert f"mlflow_run_id:{info['mlflow_run_id']}" in info["tags"]
+    _mlflow_checks(tmp_path, info, expect_world_size=2)
+
+
+@pytest.mark.slow
+def test_failure_in_train_then_resume_continues_from_checkpoint(tmp_path):
+    """Kill training after the step-4 checkpoint (VLA_SFT_FAIL_AFTER_STEP, no retries), then `resume`."""
+    cluster = ["--config-value", "cluster", '{"retries": 0}']
+    failed = run_flow(
+        tmp_path, *cluster, "run", "--demo", env=flow_env(tmp_path, VLA_SFT_FAIL_AFTER_STEP="4")
+    )
+    assert failed.returncode != 0
+    first = inspect_run(tmp_path)
+    assert not first["successful"] and first["steps"].get("train") is False
+    resumed = run_flow(tmp_path, *cluster, "resume", "--origin-run-id", first["id"])
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
+    info = inspect_run(tmp_path)
+    assert info["id"] != first["id"] and info["successful"]
+    assert info["lineage_id"] == f"SFTFlow-{first['id']}"
+    assert info["train_result"]["resumed_from"] == 4
+    assert info["train_result"]["final_step"] == info["plan"]["max_steps"]
+    _mlflow_checks(tmp_path, info, expect_world_size=1)
