@@ -50,6 +50,7 @@ def write_export(
     export_dir = Path(export_dir)
     export_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.tmp-", dir=export_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
     try:
         if ema_weights is not None:
             params = dict(model.named_parameters())

@@ -432,6 +432,7 @@ class Trainer:
             t0 = time.perf_counter()
             micro_batches = [self._to_device(next(data_iter)) for _ in range(self.accum)]
             t_data = time.perf_counter() - t0
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
             loss, grad_norm, applied = self.train_step(micro_batches)
             self.step += 1
             self.samples_seen += cfg.global_batch
@@ -458,8 +459,12 @@ class Trainer:
                         f"{self.store.uri} step {self.last_checkpoint_step}; lower peak_lr or check the data."
                     )
             result.losses.append((self.step, loss))
-            metrics = {"train/loss": loss, "train/grad_norm": grad_norm,
-                       "train/lr": self.optimizer.param_groups[0]["lr"], "train/skipped_steps": self.skipped_steps}  # fmt: skip
+            metrics = {
+                "train/loss": loss,
+                "train/grad_norm": grad_norm,
+                "train/lr": lr,
+                "train/skipped_steps": self.skipped_steps,
+            }
             # Validation, best tracking and checkpoints.
             val_loss = None
             if self.loaders.val is not None and cfg.val_every and self.step % cfg.val_every == 0:
