@@ -217,7 +217,10 @@ def build_loaders(
     if val_episodes:
         val_frames = frames(list(val_episodes))
         n_val = len(val_frames)
-        indices = evenly_spaced(n_val, val_samples)[rank::world_size]
+        chosen = evenly_spaced(n_val, val_samples)
+        # The same number per rank: FSDP's forward is collective, every rank must run as many batches.
+        chosen = chosen[: len(chosen) // world_size * world_size] or chosen[:1] * world_size
+        indices = chosen[rank::world_size]
         val_transform = InputTransform(cfg, norm_stats, tokenizer, train=False)
         val_set = ValSamples(val_frames, val_transform, indices, seed=seed, horizon=cfg.action_horizon)
         val_common = {**common, "persistent_workers": False}

@@ -354,3 +354,61 @@ def test_cli_parses_config_file_and_overrides(assets, tmp_path):
     assert parsed.checkpoint_dir == "s3://b/p"
     assert dataclasses.replace(parsed, max_steps=4, lora=None, checkpoint_dir=cfg.checkpoint_dir) == cfg
     assert TrainConfig.from_json(cfg.to_json()) == cfg
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_resume_matches_single_process(assets, reference, tmp_path):
+    """FSDP2 over gloo: 2 steps, a fresh launch resumes from the DCP checkpoint, same run as 1 process."""
+    cfg = dataclasses.replace(reference["cfg"], parallelism="fsdp", checkpoint_dir=str(tmp_path / "fsdp"),
+                              metrics_file=str(tmp_path / "fsdp.metrics.jsonl"))  # fmt: skip
+    first = _run_subprocess(dataclasses.replace(cfg, max_steps=2), tmp_path, torchrun_procs=2)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert (tmp_path / "fsdp" / "step_000000002" / "dcp" / ".metadata").is_file()
+    second = _run_subprocess(cfg, tmp_path, torchrun_procs=2)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "resumed from" in second.stderr
+    ref_w, got_w = _weights(reference["result"].export_dir), _weights(tmp_path / "fsdp" / "export")
+    for name, value in ref_w.items():
+        torch.testing.assert_close(got_w[name], value, rtol=1e-4, atol=1e-5)
+    got = _losses(cfg.metrics_file)
+    np.testing.assert_allclose([got[s] for s in range(1, 5)], [loss for _, loss in reference["result"].losses],
+                               rtol=1e-4)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Metrics: MLflow run joined by id, no duplicate points after a resume, rank 0 only
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_metrics_logger_joins_run_and_skips_steps_already_logged(tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from steps.metrics_logger import MetricsLogger
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("t")).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+
+    first = MetricsLogger(rank=0, tracking=True, max_steps=6, tracking_uri=uri, flush_every_s=1e9)
+    first.log_params({"lora.rank": 8, "global_batch": 2})
+    for step in range(1, 5):  # steps 3 and 4 happen after the checkpoint at 2, then the job dies
+        first.log_metrics({"train/loss": 1.0 / step}, step)
+    first.flush()  # (a killed job may or may not have flushed them; here they are in)
+    assert "step 4/6" in capsys.readouterr().err
+
+    resumed = MetricsLogger(rank=0, tracking=True, max_steps=6, start_step=2, tracking_uri=uri)
+    resumed.log_params({"lora.rank": 8, "global_batch": 2})  # same params again: accepted
+    for step in range(3, 7):
+        resumed.log_metrics({"train/loss": 1.0 / step}, step)
+    resumed.close()
+    history = client.get_metric_history(run_id, "train/loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
+    run = client.get_run(run_id)
+    assert run.data.params["lora.rank"] == "8"
+    assert run.info.status == "RUNNING"  # the flow owns a joined run and ends it
+
+    quiet = MetricsLogger(rank=1, tracking=True, max_steps=6, tracking_uri=uri)
+    quiet.log_metrics({"train/loss": 5.0}, 7)
+    quiet.close()
+    assert quiet.run_id is None and "step 7" not in capsys.readouterr().err
