@@ -1,0 +1,675 @@
+"""Per-dimension statistics of exactly what training normalizes, streamed with bounded memory.
+
+What is counted (DESIGN.md section 4): ``state`` once per frame; ``actions`` once per timestep of every
+action chunk, i.e. for an episode of length T and horizon H the values ``actions[min(t+k, T-1)] -
+delta * state[t]`` for all ``t < T`` and ``k < H`` (past the episode end the last frame repeats, as in
+the loader; delta dims subtract the state at the chunk's *first* frame).
+
+How, without materialising N x H x D values:
+
+- A non-delta action dim takes frame j's value ``min(j+1, H)`` times (the last frame takes the rest of
+  ``T*H``): it is a weighted set of N values (:func:`chunk_multiplicity`).
+- A delta dim has a different value for every (t, k), so its values are expanded block by block
+  (a few MB at a time) from a sliding window over the episode's padded actions.
+- Moments (count, mean, M2) are merged block by block with Chan's formulas in float64; min and max are
+  exact.
+- Quantiles follow ``numpy.quantile(method="linear")`` over all values, bit for bit: the two order
+  statistics around ``(n-1) q`` are selected exactly and interpolated with numpy's own formula.
+  Dims small enough for the memory budget keep their (value, multiplicity) pairs and select directly.
+  Larger dims are handled in two passes: a uniform random sample of the chunk values (drawn without
+  expanding anything) brackets each target rank; the second pass counts the values below each bracket
+  and keeps the few inside it, which gives the order statistic exactly. A bracket that misses (odds
+  below 1e-8 per bracket) is narrowed by further passes (histogram, then collect), still exactly.
+- ``method="histogram"`` instead uses a fine histogram between the exact min and max (two passes); its
+  quantiles are within one bin width of the exact ones, and that bound is reported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+QUANTILES: dict[str, float] = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
+METHODS = ("exact", "histogram")
+# Width of the sample bracket around a target rank, in standard deviations of the sample rank.
+_BRACKET_Z = 6.0
+_MAX_REFINE_ROUNDS = 10
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One episode's numeric data in float64: state ``[T, Ds]`` and actions ``[T, Da]``."""
+
+    index: int
+    state: np.ndarray
+    actions: np.ndarray
+
+
+@dataclass
+class DimResult:
+    """Statistics of one dimension; quantiles follow numpy's "linear" method."""
+
+    count: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    quantiles: dict[str, float]
+    # Largest possible |reported - exact| per quantile (0.0 when exact).
+    error_bound: dict[str, float]
+    # count_below(x) -> (number of values < x, exact?) and count_at_most(x) -> (number <= x, exact?).
+    count_below: Callable[[float], tuple[int, bool]] = field(repr=False)
+    count_at_most: Callable[[float], tuple[int, bool]] = field(repr=False)
+
+
+@dataclass
+class ChunkStats:
+    """Result of :func:`compute_chunk_stats`: one :class:`DimResult` per state and per action dim."""
+
+    state: list[DimResult]
+    actions: list[DimResult]
+    method: str
+    passes: int
+    frames: int
+
+
+def chunk_multiplicity(lengths: Sequence[int] | np.ndarray, horizon: int) -> np.ndarray:
+    """How often each frame's action occurs among all chunk timesteps of its episode.
+
+    For episodes of the given lengths (frames concatenated), frame ``j < T-1`` is timestep ``j - t`` of
+    chunks ``t = max(0, j-H+1) .. j``, i.e. ``min(j+1, H)`` times; the last frame also fills every
+    timestep past the episode end, so each episode's multiplicities sum to ``T * H``.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths
+    pos = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts, lengths)
+    mult = np.minimum(pos + 1, horizon)
+    before_last = lengths - 1  # sum_{i=1..m} min(i, H) for the m frames before the last one
+    capped = np.minimum(before_last, horizon)
+    sum_before = capped * (capped + 1) // 2 + np.maximum(before_last - horizon, 0) * horizon
+    mult[starts + lengths - 1] = lengths * horizon - sum_before
+    return mult
+
+
+def numpy_linear_quantile(order_stat: Callable[[int], float], n: int, q: float) -> float:
+    """``numpy.quantile(x, q)`` (method "linear") given a function returning x's r-th smallest value."""
+    virtual = np.float64(n - 1) * np.float64(q)
+    if virtual >= n - 1:
+        return float(order_stat(n - 1))
+    lower = math.floor(virtual)
+    a, b = np.float64(order_stat(lower)), np.float64(order_stat(lower + 1))
+    gamma = virtual - np.float64(lower)
+    diff = b - a
+    # numpy's _lerp: from the nearer end, for monotonicity and exact end points.
+    return float(b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma)
+
+
+def _select(values: np.ndarray, weights: np.ndarray | None, ranks: Sequence[int]) -> np.ndarray:
+    """Values at the given 0-based ranks of the multiset where ``values[i]`` occurs ``weights[i]`` times."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    if weights is None:
+        return np.partition(values, ranks)[ranks]
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weights[order])
+    return values[order[np.searchsorted(cum, ranks, side="right")]]
+
+
+# -- blocks of episodes ------------------------------------------------------------------------------
+
+
+class _Block:
+    """Several whole episodes concatenated; hands out each dim's values (and weights)."""
+
+    def __init__(self, episodes: list[Episode], horizon: int, delta: np.ndarray):
+        self.episodes = episodes
+        self.state = np.concatenate([e.state for e in episodes]) if len(episodes) > 1 else episodes[0].state
+        self.actions = (
+            np.concatenate([e.actions for e in episodes]) if len(episodes) > 1 else episodes[0].actions
+        )
+        self.lengths = np.array([len(e.state) for e in episodes], dtype=np.int64)
+        self.n = int(self.lengths.sum())
+        self.horizon = horizon
+        self.delta = delta
+        self._mult: np.ndarray | None = None
+        self._windows: tuple[np.ndarray, np.ndarray] | None = None
+
+    def check_finite(self) -> None:
+        for name, x in (("state", self.state), ("actions", self.actions)):
+            bad = ~np.isfinite(x)
+            if bad.any():
+                row, dim = (int(v) for v in np.argwhere(bad)[0])
+                ends = np.cumsum(self.lengths)
+                pos = int(np.searchsorted(ends, row, side="right"))
+                frame = row - int(ends[pos] - self.lengths[pos])
+                raise ValueError(
+                    f"non-finite value {x[row, dim]} in {name}[{dim}] at episode "
+                    f"{self.episodes[pos].index}, frame {frame}"
+                )
+
+    @property
+    def mult(self) -> np.ndarray:
+        if self._mult is None:
+            self._mult = chunk_multiplicity(self.lengths, self.horizon)
+        return self._mult
+
+    def values(self, group: str, dim: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(values, weights or None) of one dim over this block, as training counts them."""
+        if group == "state":
+            return self.state[:, dim], None
+        if not self.delta[dim]:
+            return self.actions[:, dim], self.mult
+        return self._expanded(dim), None
+
+    def _expanded(self, dim: int) -> np.ndarray:
+        # Each episode is followed by H-1 copies of its last frame, so the H-window starting at a real
+        # frame is exactly that frame's chunk; windows never cross into the next episode.
+        h = self.horizon
+        if self._windows is None:
+            starts = np.cumsum(self.lengths) - self.lengths
+            padded = self.lengths + h - 1
+            pad_starts = np.cumsum(padded) - padded
+            pos = np.arange(int(padded.sum())) - np.repeat(pad_starts, padded)
+            source = np.repeat(starts, padded) + np.minimum(pos, np.repeat(self.lengths - 1, padded))
+            first = np.repeat(pad_starts - starts, self.lengths) + np.arange(self.n)
+            self._windows = (source, first)
+        source, first = self._windows
+        windows = sliding_window_view(self.actions[source, dim], h)
+        chunk = windows[first]  # [n, H] copy
+        chunk -= self.state[:, dim, None]
+        return chunk.reshape(-1)
+
+    def sample(self, group: str, rate: float, rng: np.random.Generator) -> np.ndarray:
+        """Uniform sample (with replacement) of this block's chunk values, all dims of a group."""
+        if group == "state":
+            rows = rng.integers(0, self.n, rng.binomial(self.n, rate))
+            return self.state[rows]
+        h = self.horizon
+        pos = rng.integers(0, self.n * h, rng.binomial(self.n * h, rate))
+        t, k = pos // h, pos % h
+        last = np.repeat(np.cumsum(self.lengths) - 1, self.lengths)
+        values = self.actions[np.minimum(t + k, last[t])]
+        dd = np.flatnonzero(self.delta)
+        values[:, dd] -= self.state[t[:, None], dd]
+        return values
+
+
+def _blocks(
+    episodes: Iterable[Episode], block_frames: int, horizon: int, delta: np.ndarray
+) -> Iterator[_Block]:
+    pending: list[Episode] = []
+    size = 0
+    for ep in episodes:
+        if len(ep.state) != len(ep.actions):
+            raise ValueError(
+                f"episode {ep.index}: {len(ep.state)} state rows but {len(ep.actions)} action rows"
+            )
+        if len(ep.state) == 0:
+            continue
+        pending.append(ep)
+        size += len(ep.state)
+        if size >= block_frames:
+            yield _Block(pending, horizon, delta)
+            pending, size = [], 0
+    if pending:
+        yield _Block(pending, horizon, delta)
+
+
+# -- per-dim accumulation ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Bracket:
+    """Values in [lo, hi] of one dim: counted exactly, and kept ("collect") or binned ("hist")."""
+
+    lo: float
+    hi: float
+    kind: str  # "collect" | "hist"
+    cap: int
+    bins: int = 0
+    rank: int = -1  # the rank a refinement bracket was made for (-1: a sample bracket)
+    below: int = 0  # number of values < lo
+    inside: int = 0  # number of values in [lo, hi]
+    kept: list = field(default_factory=list)
+    overflow: bool = False
+    hist: np.ndarray | None = None
+    _kept_size: int = 0
+    _values: np.ndarray | None = None
+    _weights: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        # Edges are float32 numbers (rounded outwards) so that values can be classified on their float32
+        # copy, twice as fast: rounding is monotone, so {f32(v) < lo} holds exactly the values below
+        # every value of {lo <= f32(v) <= hi}, and ranks stay exact.
+        self.lo, self.hi = _f32_down(self.lo), _f32_up(self.hi)
+
+    def add(self, v: np.ndarray, w: np.ndarray | None, v32: np.ndarray) -> None:
+        below = v32 < np.float32(self.lo)
+        inside = v32 <= np.float32(self.hi)
+        inside ^= below
+        picked = v[inside]
+        picked_w = None if w is None else w[inside]
+        if w is None:
+            self.below += int(np.count_nonzero(below))
+            self.inside += picked.size
+        else:
+            self.below += int(w[below].sum())
+            self.inside += int(picked_w.sum())
+        if self.kind == "hist":
+            if self.hist is None:
+                self.hist = np.zeros(self.bins, dtype=np.int64)
+            counts = np.bincount(self._bin(picked), weights=picked_w, minlength=self.bins)
+            self.hist += counts.astype(np.int64)
+        elif not self.overflow:
+            self.kept.append((picked, picked_w))
+            self._kept_size += picked.size
+            if self._kept_size > self.cap:
+                self._compress()
+
+    def _compress(self) -> None:
+        # Many equal values (a gripper at +-1, a dim that rarely moves) compress to (value, count).
+        values = np.concatenate([v for v, _ in self.kept])
+        weights = np.concatenate([np.ones(v.size, np.int64) if w is None else w for v, w in self.kept])
+        unique, inverse = np.unique(values, return_inverse=True)
+        counts = np.bincount(inverse, weights=weights, minlength=unique.size).astype(np.int64)
+        if unique.size > self.cap:
+            self.overflow, self.kept, self._kept_size = True, [], 0
+        else:
+            self.kept, self._kept_size = [(unique, counts)], unique.size
+
+    def _bin(self, v: np.ndarray) -> np.ndarray:
+        width = (self.hi - self.lo) / self.bins
+        if not width > 0:
+            return np.zeros(v.size, dtype=np.int64)
+        return np.clip(np.floor((v - self.lo) / width), 0, self.bins - 1).astype(np.int64)
+
+    def finish(self) -> None:
+        if self.kind != "collect" or self.overflow:
+            return
+        values = np.concatenate([v for v, _ in self.kept]) if self.kept else np.empty(0)
+        if any(w is not None for _, w in self.kept):
+            weights = np.concatenate([np.ones(v.size, np.int64) if w is None else w for v, w in self.kept])
+            order = np.argsort(values, kind="stable")
+            self._values, self._weights = values[order], np.cumsum(weights[order])
+        else:
+            self._values = np.sort(values)
+        self.kept, self._kept_size = [], 0
+
+    @property
+    def exact(self) -> bool:
+        return self.kind == "collect" and not self.overflow and self._values is not None
+
+    def holds_rank(self, r: int) -> bool:
+        return self.exact and self.below <= r < self.below + self.inside
+
+    def value_at(self, r: int) -> float:
+        local = r - self.below
+        if self._weights is None:
+            return float(self._values[local])
+        return float(self._values[np.searchsorted(self._weights, local, side="right")])
+
+    def count_le(self, x: float, strict: bool) -> int:
+        """Values < x (strict) or <= x, valid for lo <= x <= hi."""
+        pos = int(np.searchsorted(self._values, x, side="left" if strict else "right"))
+        inside = pos if self._weights is None else (int(self._weights[pos - 1]) if pos else 0)
+        return self.below + inside
+
+
+def _f32_down(x: float) -> float:
+    y = np.float32(x)
+    return float(y if y <= x else np.nextafter(y, np.float32(-np.inf)))
+
+
+def _f32_up(x: float) -> float:
+    y = np.float32(x)
+    return float(y if y >= x else np.nextafter(y, np.float32(np.inf)))
+
+
+def _add_to_brackets(brackets: list[_Bracket], v: np.ndarray, w: np.ndarray | None) -> None:
+    if brackets:
+        v32 = v.astype(np.float32)
+        for b in brackets:
+            b.add(v, w, v32)
+
+
+class _Dim:
+    """Accumulates one dimension: moments, min/max, and what its quantiles need."""
+
+    def __init__(self, group: str, index: int, total: int, weighted: bool):
+        self.group, self.index, self.total, self.weighted = group, index, total, weighted
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        self.min, self.max = math.inf, -math.inf
+        self.mode = "memory"  # "memory" | "stream" | "hist"
+        self.kept: list[tuple[np.ndarray, np.ndarray | None]] = []
+        self.sample: np.ndarray | None = None
+        self.brackets: list[_Bracket] = []
+        self.values: np.ndarray | None = None  # memory mode: sorted values
+        self.cum: np.ndarray | None = None  # memory mode: cumulative weights (None: unweighted)
+
+    def add_moments(self, v: np.ndarray, w: np.ndarray | None) -> None:
+        if v.size == 0:
+            return
+        if w is None:
+            nb = v.size
+            mb = float(v.mean())
+            d = v - mb
+            m2b = float(np.square(d, out=d).sum())
+        else:
+            nb = int(w.sum())
+            mb = float((v * w).sum() / nb)
+            d = v - mb
+            m2b = float((w * d * d).sum())
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean += delta * nb / n
+        self.m2 += m2b + delta * delta * self.n * nb / n
+        self.n = n
+        self.min = min(self.min, float(v.min()))
+        self.max = max(self.max, float(v.max()))
+
+    def finish_memory(self) -> None:
+        values = np.concatenate([v for v, _ in self.kept])
+        if self.weighted:
+            order = np.argsort(values, kind="stable")
+            self.values, self.cum = values[order], np.cumsum(np.concatenate([w for _, w in self.kept])[order])
+        else:
+            self.values = np.sort(values)
+        self.kept = []
+
+    def order_stat(self, r: int) -> float | None:
+        """Exact r-th smallest value (0-based), or None when no exact source holds it (yet)."""
+        if self.mode == "memory":
+            if self.cum is None:
+                return float(self.values[r])
+            return float(self.values[np.searchsorted(self.cum, r, side="right")])
+        for b in self.brackets:
+            if b.holds_rank(r):
+                return b.value_at(r)
+        return None
+
+    def count(self, x: float, strict: bool) -> tuple[int, bool]:
+        if self.mode == "memory":
+            pos = int(np.searchsorted(self.values, x, side="left" if strict else "right"))
+            if self.cum is None:
+                return pos, True
+            return (int(self.cum[pos - 1]) if pos else 0), True
+        for b in self.brackets:
+            if b.exact and b.lo <= x <= b.hi:
+                return b.count_le(x, strict), True
+        if x < self.min or (strict and x == self.min):
+            return 0, True
+        if x > self.max or (not strict and x == self.max):
+            return self.n, True
+        for b in self.brackets:
+            if b.kind == "hist" and b.hist is not None and b.lo <= x <= b.hi:
+                return b.below + _hist_count(b, x), False
+        sample = self.sample if self.sample is not None and self.sample.size else None
+        if sample is None:
+            return round(self.n / 2), False
+        pos = np.searchsorted(sample, x, side="left" if strict else "right")
+        return round(pos / sample.size * self.n), False
+
+
+def _hist_count(b: _Bracket, x: float) -> int:
+    width = (b.hi - b.lo) / b.bins
+    if not width > 0:
+        return b.inside
+    pos = (x - b.lo) / width
+    i = min(int(pos), b.bins - 1)
+    return int(b.hist[:i].sum() + b.hist[i] * min(1.0, pos - i))
+
+
+def _hist_order_stat(b: _Bracket, r: int) -> float:
+    """Estimate of the r-th smallest value from a histogram bracket (within one bin width)."""
+    width = (b.hi - b.lo) / b.bins
+    cum = np.cumsum(b.hist)
+    i = int(np.searchsorted(cum, r - b.below, side="right"))
+    i = min(i, b.bins - 1)
+    before = int(cum[i - 1]) if i else 0
+    frac = (r - b.below - before + 0.5) / max(int(b.hist[i]), 1)
+    return float(b.lo + width * (i + min(max(frac, 0.0), 1.0)))
+
+
+# -- the computation ---------------------------------------------------------------------------------
+
+
+def compute_chunk_stats(
+    episodes: Callable[[], Iterable[Episode]],
+    lengths: Sequence[int],
+    *,
+    state_dim: int,
+    action_dim: int,
+    horizon: int,
+    delta_mask: Sequence[bool],
+    method: str = "exact",
+    memory_budget_bytes: int = 1 << 30,
+    sample_size: int = 1 << 18,
+    hist_bins: int = 1 << 14,
+    block_values: int = 1 << 18,
+    seed: int = 0,
+) -> ChunkStats:
+    """Statistics of state (per frame) and actions (per chunk timestep, after delta) for every dim.
+
+    Args:
+        episodes: called once per pass; yields the episodes (same order every time).
+        lengths: the episodes' lengths (to plan sampling and memory before reading).
+        state_dim, action_dim: dims of the concatenated state / action vectors.
+        horizon: action chunk length H.
+        delta_mask: per action dim, True -> minus the state dim of the same index at the chunk's first frame.
+        method: "exact" (numpy.quantile over all values) or "histogram" (within one bin width, stated).
+        memory_budget_bytes: dims whose (value, weight) pairs fit in about half of this are kept in
+            memory; the rest are streamed (the budget also caps what a bracket may keep).
+        sample_size: sample per group used to bracket quantile ranks in streaming mode.
+        hist_bins: bins of histogram brackets (method "histogram", or narrowing a missed bracket).
+        block_values: about how many chunk values of one dim are expanded at a time.
+
+    Raises:
+        ValueError: NaN/inf in the data (naming episode and frame), bad arguments, or no frames.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    delta = np.asarray(delta_mask, dtype=bool)
+    if delta.shape != (action_dim,):
+        raise ValueError(f"delta_mask has {delta.size} entries, expected action_dim={action_dim}")
+    if delta.any() and int(np.flatnonzero(delta).max()) >= state_dim:
+        raise ValueError("delta_mask marks an action dim that has no state dim of the same index")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    frames = int(lengths.sum())
+    if frames == 0:
+        raise ValueError("no frames to compute statistics over (empty episode selection?)")
+    n_act = frames * horizon
+    block_frames = max(1, block_values // horizon)
+    dims = [_Dim("state", i, frames, False) for i in range(state_dim)]
+    dims += [_Dim("actions", i, n_act, not delta[i]) for i in range(action_dim)]
+
+    # Cheapest dims in memory first (a weighted dim keeps N values, a delta dim N*H): up to half the
+    # budget, and not beyond a size where streaming selection is faster than sorting.
+    in_memory_cap = max(1 << 16, 2 * sample_size)
+    budget = memory_budget_bytes // 2
+    for d in sorted(dims, key=lambda d: d.total if d.group == "state" or d.weighted else n_act):
+        stored = frames if (d.group == "state" or d.weighted) else n_act
+        cost = stored * (16 if d.weighted else 8) * 2
+        if method == "exact" and stored <= in_memory_cap and cost <= budget:
+            budget -= cost
+        else:
+            d.mode = "stream" if method == "exact" else "hist"
+    streamed = [d for d in dims if d.mode == "stream"]
+    cap = max(256, int(memory_budget_bytes // 2 // max(1, len(streamed) * len(QUANTILES)) // 16))
+
+    def run_pass(work: Callable[[_Block], None]) -> None:
+        for block in _blocks(episodes(), block_frames, horizon, delta):
+            work(block)
+
+    # Pass 1: memory dims in full (moments + values), the raw-data checks, and the samples.
+    rng = np.random.default_rng(seed)
+    rates = {"state": min(1.0, sample_size / frames), "actions": min(1.0, sample_size / n_act)}
+    samples: dict[str, list[np.ndarray]] = {"state": [], "actions": []}
+    need_sample = {g for g in samples if any(d.group == g for d in streamed)}
+
+    def pass_one(block: _Block) -> None:
+        block.check_finite()
+        for d in dims:
+            if d.mode in ("memory", "hist"):
+                v, w = block.values(d.group, d.index)
+                d.add_moments(v, w)
+                if d.mode == "memory":
+                    d.kept.append((v.copy(), w))
+        for g in need_sample:
+            samples[g].append(block.sample(g, rates[g], rng))
+
+    run_pass(pass_one)
+    passes = 1
+    for d in dims:
+        if d.mode == "memory":
+            d.finish_memory()
+        elif d.mode == "stream":
+            group = samples[d.group]
+            d.sample = np.sort(np.concatenate([s[:, d.index] for s in group])) if group else np.empty(0)
+            d.brackets = _sample_brackets(d, cap)
+        else:
+            d.brackets = [_Bracket(d.min, d.max, "hist", cap, bins=hist_bins)]
+
+    # Pass 2 (streamed and histogram dims): moments of streamed dims and the brackets.
+    second = [d for d in dims if d.mode != "memory"]
+    if second:
+
+        def pass_two(block: _Block) -> None:
+            for d in second:
+                v, w = block.values(d.group, d.index)
+                if d.mode == "stream":
+                    d.add_moments(v, w)
+                _add_to_brackets(d.brackets, v, w)
+
+        run_pass(pass_two)
+        passes += 1
+        for d in second:
+            for b in d.brackets:
+                b.finish()
+
+    # Further passes only when a sample bracket missed its rank (rare): narrow down, exactly.
+    for _ in range(_MAX_REFINE_ROUNDS):
+        todo = {d: _missing_ranks(d) for d in streamed}
+        todo = {d: r for d, r in todo.items() if r}
+        if not todo:
+            break
+        fresh = {}
+        for d, ranks in todo.items():
+            # Neighbouring ranks usually land in the same interval: one bracket serves both.
+            unique = {}
+            for r in ranks:
+                b = _refine_bracket(d, r, cap, hist_bins)
+                unique.setdefault((b.lo, b.hi, b.kind), b)
+            fresh[d] = list(unique.values())
+        for d, brackets in fresh.items():
+            d.brackets += brackets
+
+        def pass_refine(block: _Block, fresh=fresh) -> None:
+            for d, brackets in fresh.items():
+                v, w = block.values(d.group, d.index)
+                _add_to_brackets(brackets, v, w)
+
+        run_pass(pass_refine)
+        passes += 1
+        for brackets in fresh.values():
+            for b in brackets:
+                b.finish()
+
+    results = {g: [_result(d) for d in dims if d.group == g] for g in ("state", "actions")}
+    return ChunkStats(
+        state=results["state"], actions=results["actions"], method=method, passes=passes, frames=frames
+    )
+
+
+def _target_ranks(n: int) -> list[int]:
+    ranks = set()
+    for q in QUANTILES.values():
+        virtual = np.float64(n - 1) * np.float64(q)
+        lower = min(math.floor(virtual), n - 1)
+        ranks.update({lower, min(lower + 1, n - 1)})
+    return sorted(ranks)
+
+
+def _sample_brackets(d: _Dim, cap: int) -> list[_Bracket]:
+    s = d.sample.size
+    out = []
+    for q in QUANTILES.values():
+        if s == 0:
+            out.append(_Bracket(-math.inf, math.inf, "collect", cap))
+            continue
+        centre = q * (s - 1)
+        spread = _BRACKET_Z * math.sqrt(s * q * (1 - q)) + 2
+        i_lo, i_hi = math.floor(centre - spread), math.ceil(centre + spread) + 1
+        lo = float(d.sample[i_lo]) if i_lo >= 0 else -math.inf
+        hi = float(d.sample[i_hi]) if i_hi < s else math.inf
+        out.append(_Bracket(lo, hi, "collect", cap))
+    return out
+
+
+def _missing_ranks(d: _Dim) -> list[int]:
+    return [r for r in _target_ranks(d.n) if d.order_stat(r) is None]
+
+
+def _refine_bracket(d: _Dim, r: int, cap: int, bins: int) -> _Bracket:
+    """A narrower bracket that surely contains the r-th smallest value, from what earlier passes counted."""
+    lo, hi = d.min, d.max
+    n_lo, n_hi = 0, d.n  # values < lo, values <= hi (upper estimates are fine: only for planning)
+    for b in d.brackets:
+        if b.below <= r and b.lo >= lo:
+            lo, n_lo = b.lo, b.below
+        if b.below + b.inside <= r and b.hi >= lo:
+            lo, n_lo = b.hi, b.below + b.inside
+        if b.below > r and b.lo <= hi:
+            hi, n_hi = b.lo, b.below
+        if b.below + b.inside > r and b.hi <= hi:
+            hi, n_hi = b.hi, b.below + b.inside
+        if b.kind == "hist" and b.hist is not None and b.lo <= lo <= hi <= b.hi:
+            # Narrow to the bins around the rank (one bin of slack each side for rounding).
+            cum = b.below + np.cumsum(b.hist)
+            i = int(np.searchsorted(cum, r, side="right"))
+            width = (b.hi - b.lo) / b.bins
+            lo, hi = max(lo, b.lo + (i - 1) * width), min(hi, b.lo + (i + 2) * width)
+            n_lo, n_hi = int(cum[i - 2]) if i >= 2 else b.below, int(cum[min(i + 1, b.bins - 1)])
+    # Collect when few values remain, or right after a histogram narrowed the range (equal values then
+    # compress); a collect bracket that still overflows is followed by a histogram of its range.
+    previous = [b for b in d.brackets if b.rank == r]
+    stuck = bool(previous) and n_hi - n_lo >= previous[-1].inside
+    kind = "collect" if n_hi - n_lo <= cap or stuck or not hi > lo else "hist"
+    return _Bracket(lo, hi, kind, cap, bins=bins, rank=r)
+
+
+def _result(d: _Dim) -> DimResult:
+    quantiles, bounds = {}, {}
+    for name, q in QUANTILES.items():
+        exact = [True]
+
+        def order_stat(r: int, exact=exact) -> float:
+            value = d.order_stat(r)
+            if value is not None:
+                return value
+            exact[0] = False
+            hist = [b for b in d.brackets if b.kind == "hist" and b.hist is not None and b.below <= r]
+            hist = [b for b in hist if r < b.below + b.inside] or hist
+            return _hist_order_stat(min(hist, key=lambda b: b.hi - b.lo), r) if hist else d.mean
+
+        quantiles[name] = min(max(numpy_linear_quantile(order_stat, d.n, q), d.min), d.max)
+        if exact[0]:
+            bounds[name] = 0.0
+        else:
+            hist = [b for b in d.brackets if b.kind == "hist" and b.hist is not None]
+            bounds[name] = min(((b.hi - b.lo) / b.bins for b in hist), default=d.max - d.min)
+    return DimResult(
+        count=d.n,
+        mean=d.mean,
+        std=math.sqrt(max(d.m2, 0.0) / d.n),
+        min=d.min,
+        max=d.max,
+        quantiles=quantiles,
+        error_bound=bounds,
+        count_below=lambda x: d.count(x, strict=True),
+        count_at_most=lambda x: d.count(x, strict=False),
+    )
