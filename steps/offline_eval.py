@@ -245,7 +245,7 @@ class _LossAccumulator:
         # The policy's own input transform (train=False, no augmentation) keeps the actions of a raw
         # item; ValSamples adds the noise and time training's validation uses for this frame and seed.
         # It reads ``frames[index]``, so the already decoded items stand in for the dataset.
-        samples = ValSamples(raws, policy._inputs, indices, seed=self.seed, horizon=ct.action_horizon,
+        samples = ValSamples(raws, policy.input_transform, indices, seed=self.seed, horizon=ct.action_horizon,
                              action_dim=policy.model.config.action_dim)  # fmt: skip
         batch = collate([samples[j] for j in range(len(samples))])
         noise, t = batch.pop("noise"), batch.pop("time")

@@ -51,8 +51,8 @@ class Policy:
         self.norm_stats = norm_stats
         self.num_steps = num_steps
         self.seed = seed
-        self._inputs = InputTransform(config_type, norm_stats, tokenizer, train=False, augment=False)
-        self._outputs = OutputTransform(config_type, norm_stats)
+        self.input_transform = InputTransform(config_type, norm_stats, tokenizer, train=False, augment=False)
+        self.output_transform = OutputTransform(config_type, norm_stats)
 
     @classmethod
     def from_export(cls, folder: str | os.PathLike, **kwargs) -> Policy:
@@ -112,8 +112,14 @@ class Policy:
             "frame_index": obs.get("frame_index"),
         }
 
-    def predict(self, observations: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Action chunks in robot units: [B, H, action_dim] for a list, [H, action_dim] for one dict."""
+    def predict(
+        self, observations: Mapping[str, Any] | Sequence[Mapping[str, Any]], noise=None
+    ) -> np.ndarray:
+        """Action chunks in robot units: [B, H, action_dim] for a list, [H, action_dim] for one dict.
+
+        ``noise`` ([B, H, 32], the flow's starting point) makes a sample independent of its batch;
+        by default it is drawn from ``seed`` for the whole call.
+        """
         import torch
 
         from data_adapters.transforms import collate
@@ -123,17 +129,17 @@ class Policy:
         if not obs_list:
             raise ValueError("predict needs at least one observation")
         raws = [self._check(obs, i) for i, obs in enumerate(obs_list)]
-        batch = collate([self._inputs(raw) for raw in raws])
+        batch = collate([self.input_transform(raw) for raw in raws])
         batch = _to_device(batch, self.device)
         cfg = self.model.config
-        generator = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn(len(raws), cfg.action_horizon, cfg.action_dim, generator=generator).to(
-            self.device
-        )
+        shape = (len(raws), cfg.action_horizon, cfg.action_dim)
+        if noise is None:
+            noise = torch.randn(shape, generator=torch.Generator().manual_seed(self.seed))
+        noise = torch.as_tensor(noise, dtype=torch.float32).reshape(shape).to(self.device)
         with torch.no_grad():
             model_actions = self.model.sample_actions(batch, num_steps=self.num_steps, noise=noise)
         states = np.stack([raw["state"] for raw in raws])
-        actions = self._outputs(model_actions.float().cpu().numpy(), states)
+        actions = self.output_transform(model_actions.float().cpu().numpy(), states)
         return actions[0] if single else actions
 
 

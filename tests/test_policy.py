@@ -34,7 +34,7 @@ def test_policy_equals_model_called_directly(export):
 
     # The same computation spelled out by hand from the parts.
     cfg, stats = policy.config_type, NormStats.load(export / "norm_stats.json")
-    inputs = InputTransform(cfg, stats, policy._inputs.tokenizer, train=False)
+    inputs = InputTransform(cfg, stats, policy.input_transform.tokenizer, train=False)
     batch = collate([inputs({**o, "state": np.asarray(o["state"])}) for o in observations])
     noise = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -61,3 +61,13 @@ def test_policy_rejects_bad_observations(export):
         policy.predict({**obs, "images": {"observation.image": np.zeros((8, 8), np.uint8)}})
     with pytest.raises(FileNotFoundError, match="config_type.json is missing"):
         Policy.from_export(export.parent)
+
+
+def test_explicit_noise_makes_samples_independent_of_the_batch(export):
+    policy = Policy.from_export(export, device="cpu")
+    rng = np.random.default_rng(3)
+    observations = [_obs(rng), _obs(rng)]
+    noise = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(7))
+    together = policy.predict(observations, noise=noise)
+    alone = policy.predict(observations[1], noise=noise[1:])
+    np.testing.assert_allclose(together[1], alone, atol=1e-5)
