@@ -464,6 +464,8 @@ class Trainer:
                 "train/grad_norm": grad_norm,
                 "train/lr": lr,
                 "train/skipped_steps": self.skipped_steps,
+                "perf/step_time_s": dt,
+                "perf/data_wait_s": t_data,
             }
             # Validation, best tracking and checkpoints.
             val_loss = None
