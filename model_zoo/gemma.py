@@ -189,7 +189,9 @@ class GemmaDecoderLayer(nn.Module):
         layer, whose prefix outputs nothing reads).
         """
         normed, gate = self.input_layernorm(x, cond)
-        kv = self.self_attn.project_kv(normed, cos, sin)
+        k, v = self.self_attn.project_kv(normed, cos, sin)
+        # v is a view of v_proj's output; FSDP2 warns about module outputs that are views. Tiny copy.
+        kv = (k, v.clone())
         if not compute_output:
             return None, kv
         q = self.self_attn.project_q(normed, cos, sin)

@@ -107,7 +107,7 @@ class Pi0Model(nn.Module):
             self.state_proj = nn.Linear(config.action_dim, width)
             self.action_time_mlp_in = nn.Linear(2 * width, width)
             self.action_time_mlp_out = nn.Linear(width, width)
-        self.paligemma_with_expert.set_gradient_checkpointing(config.gradient_checkpointing)
+        self.set_gradient_checkpointing(config.gradient_checkpointing)
         # Text embeddings are scaled by sqrt(width) in the prefix; this init gives unit-scale tokens for
         # models trained from scratch (tiny). Real runs overwrite it with pretrained weights.
         vlm_width = config.vlm.width
@@ -138,6 +138,10 @@ class Pi0Model(nn.Module):
         params = dict(self.named_parameters())
         for name in self.unused_parameter_names():
             params[name].requires_grad_(False)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute every transformer layer in backward (training only); same as the config flag."""
+        self.paligemma_with_expert.set_gradient_checkpointing(enabled)
 
     def tie_weights(self) -> None:
         """Re-tie lm_head to embed_tokens (call after anything that may break the tie, e.g. to_empty)."""

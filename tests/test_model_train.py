@@ -155,3 +155,54 @@ def test_tiny_train_step_is_fast_on_one_core():
         times.append(time.perf_counter() - start)
     # ~0.1-0.2 s on an idle core (benchmarks/RESULTS.md "## Model"); generous bound for a busy CI box.
     assert sorted(times)[1] < 2.0, times
+
+
+def test_fsdp2_per_block_sharding_matches_plain_model(tmp_path):
+    """transformer_blocks() are valid FSDP2 units: each is called through forward once per pass."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        config = tiny_config("pi05", gradient_checkpointing=True)
+        plain, sharded = seeded_model(config).train(), seeded_model(config).train()
+        mesh = init_device_mesh("cpu", (1,))
+        for block in sharded.transformer_blocks():
+            fully_shard(block, mesh=mesh)
+        fully_shard(sharded, mesh=mesh)
+        batch, noise, time_ = random_batch(config), torch.randn(2, 4, 32), torch.tensor([0.3, 0.6])
+        plain(batch, noise, time_).mean().backward()
+        sharded(batch, noise, time_).mean().backward()
+        plain_grads = {n: p.grad for n, p in plain.named_parameters() if p.grad is not None}
+        sharded_grads = {n: p.grad.full_tensor() for n, p in sharded.named_parameters() if p.grad is not None}
+        assert plain_grads.keys() == sharded_grads.keys()
+        for name, grad in plain_grads.items():
+            assert torch.allclose(grad, sharded_grads[name], atol=1e-7), name
+        actions = sharded.eval().sample_actions(batch, num_steps=2, noise=noise)
+        assert torch.allclose(
+            actions, plain.eval().sample_actions(batch, num_steps=2, noise=noise), atol=1e-6
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model_type", ["pi0", "pi05"])
+def test_cuda_bfloat16_matches_cpu_float32(model_type):
+    config = tiny_config(model_type)
+    batch = random_batch(config)
+    noise, time_ = torch.randn(2, config.action_horizon, config.action_dim), torch.tensor([0.3, 0.6])
+    cpu = seeded_model(config).train()
+    gpu = seeded_model(config.replace(dtype="bfloat16", gradient_checkpointing=True)).cuda().train()
+    on_gpu = {
+        k: ({s: t.cuda() for s, t in v.items()} if isinstance(v, dict) else v.cuda())
+        for k, v in batch.items()
+    }
+    loss_cpu = cpu.compute_loss(batch, noise=noise, time=time_)
+    loss_gpu = gpu.compute_loss(on_gpu, noise=noise.cuda(), time=time_.cuda())
+    loss_gpu.mean().backward()
+    assert (loss_gpu.mean().cpu() - loss_cpu.mean()).abs() < 0.02 * loss_cpu.mean()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in gpu.parameters())
+    actions = gpu.eval().sample_actions(on_gpu, noise=noise.cuda())
+    assert torch.isfinite(actions).all()
