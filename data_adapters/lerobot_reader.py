@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -157,9 +156,9 @@ class LeRobotFrames(torch.utils.data.Dataset):
         self._image_cache = (
             ImageColumnCache.build(meta, self.episodes, image_keys, cache_dir) if image_keys else None
         )
+        # Created on first use; it notices forks itself and then opens its own files in each worker.
+        self._videos: VideoFrameReader | None = None
         self._video_threads = video_threads
-        self._videos: VideoFrameReader | None = None  # created lazily, per worker process
-        self._videos_pid: int | None = None
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -200,8 +199,8 @@ class LeRobotFrames(torch.utils.data.Dataset):
                     f"corrupt image {key!r} in {self.root / ep.data_path} (episode {ep.index}, "
                     f"frame {frame}): {err}"
                 ) from err
-        if self._videos is None or self._videos_pid != os.getpid():
-            self._videos, self._videos_pid = VideoFrameReader(threads=self._video_threads), os.getpid()
+        if self._videos is None:
+            self._videos = VideoFrameReader(threads=self._video_threads)
         span = ep.videos[key]
         path = self.root / span.path
         try:
@@ -214,7 +213,7 @@ class LeRobotFrames(torch.utils.data.Dataset):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.update(_videos=None, _videos_pid=None)
+        state["_videos"] = None
         return state
 
 

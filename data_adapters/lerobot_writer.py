@@ -348,7 +348,7 @@ class LeRobotWriter:
                     f"videos/{key}/to_timestamp": start + length / self.fps,
                 }
             )
-            if encoder.num_bytes >= self.video_file_bytes:
+            if encoder.estimated_bytes >= self.video_file_bytes:
                 encoder.close()
                 del self._encoders[key]
                 cursor.advance(self.chunks_size)
@@ -513,6 +513,11 @@ def _png(image: np.ndarray, level: int) -> bytes:
 def _stats(values: np.ndarray) -> dict[str, np.ndarray]:
     """min/max/mean/std/count and exact quantiles per dim of ``[N, d]`` values."""
     x = values.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # NaN in the data gives NaN stats; the reader reports the NaN itself
+        return _stats_of(x)
+
+
+def _stats_of(x: np.ndarray) -> dict[str, np.ndarray]:
     out = {
         "min": x.min(axis=0),
         "max": x.max(axis=0),

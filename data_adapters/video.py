@@ -6,9 +6,14 @@ LeRobot's default keyframe interval (``g=2``) that is one or two decoded frames.
 a little further on in the same file (sequential reading), decoding simply continues without a seek.
 
 Fork safety: a :class:`VideoFrameReader` opens containers lazily, on first use, and remembers the process
-that opened them. A reader that was copied into a forked DataLoader worker drops the parent's containers
-and opens its own, so no FFmpeg state is ever shared between processes. Never decode in the parent before
-forking if you can avoid it (it only wastes the parent's handles), but it is safe.
+that opened them. A reader copied into a forked DataLoader worker sets the parent's containers aside and
+opens its own, so no FFmpeg state is shared between processes. The inherited objects are deliberately
+never freed in the child: their decoder and scaler threads did not survive the fork, and freeing them
+waits for those threads forever. Decoding in the parent before forking is therefore safe, but costs a
+little memory in each worker; avoid it when you can.
+
+Colour conversion uses one scaler per reader with a single thread: FFmpeg's default (a scaler per frame
+with a thread per core) spends more time starting threads than converting a 256x256 frame.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from typing import Any
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
+
+# FFmpeg objects a forked child inherited from its parent (see the module docstring): kept, never freed.
+_INHERITED_FROM_PARENT: list = []
 
 
 class VideoDecodeError(RuntimeError):
@@ -73,6 +82,7 @@ class VideoFrameReader:
         self.tolerance_frames = tolerance_frames
         self.forward_window_s = forward_window_s
         self._open: OrderedDict[str, _OpenVideo] = OrderedDict()
+        self._reformatter = VideoReformatter()
         self._pid = os.getpid()
 
     # -- public API -------------------------------------------------------------------------------
@@ -87,7 +97,7 @@ class VideoFrameReader:
         try:
             video = self._get(key)
             frame = self._decode_until(video, float(timestamp), key)
-            return frame.to_ndarray(format="rgb24")
+            return self._to_rgb(frame)
         except VideoDecodeError:
             self._close(key)
             raise
@@ -108,13 +118,19 @@ class VideoFrameReader:
         # Containers never travel to another process (spawned workers start with none open).
         state = self.__dict__.copy()
         state["_open"] = OrderedDict()
+        state["_reformatter"] = None
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reformatter = VideoReformatter()
 
     # -- internals --------------------------------------------------------------------------------
     def _get(self, key: str) -> _OpenVideo:
         if self._pid != os.getpid():
-            # Forked child: the parent's containers are not ours to use or close.
-            self._open = OrderedDict()
+            # Forked child: the parent's containers are not ours to use, close or free.
+            _INHERITED_FROM_PARENT.append((self._open, self._reformatter))
+            self._open, self._reformatter = OrderedDict(), VideoReformatter()
             self._pid = os.getpid()
         video = self._open.get(key)
         if video is not None:
@@ -140,6 +156,13 @@ class VideoFrameReader:
         while len(self._open) > self.max_open:
             self._close(next(iter(self._open)))
         return video
+
+    def _to_rgb(self, frame) -> np.ndarray:
+        try:
+            rgb = self._reformatter.reformat(frame, format="rgb24", threads=1)
+        except TypeError:  # PyAV < 16 has no `threads` (and its scaler is single-threaded anyway)
+            rgb = self._reformatter.reformat(frame, format="rgb24")
+        return rgb.to_ndarray()
 
     def _close(self, key: str) -> None:
         video = self._open.pop(key, None)
@@ -262,7 +285,8 @@ class VideoEncoder:
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
         self.width, self.height = width, height
         self.num_frames = 0
-        self.num_bytes = 0
+        self.num_bytes = 0  # bytes of packets emitted so far
+        self._num_packets = 0
 
     def add(self, rgb: np.ndarray) -> None:
         """Encode one uint8 ``[H, W, 3]`` frame."""
@@ -276,6 +300,15 @@ class VideoEncoder:
         self._mux(self._stream.encode(frame))
         self.num_frames += 1
 
+    @property
+    def estimated_bytes(self) -> float:
+        """File size so far, counting frames still inside the encoder's lookahead at the average rate."""
+        pending = self.num_frames - self._num_packets
+        per_frame = (
+            self.num_bytes / self._num_packets if self._num_packets else self.width * self.height * 0.03
+        )
+        return self.num_bytes + pending * per_frame
+
     def close(self) -> None:
         """Flush the encoder and write the container trailer."""
         if self._container is None:
@@ -287,4 +320,5 @@ class VideoEncoder:
     def _mux(self, packets) -> None:
         for packet in packets:
             self.num_bytes += packet.size
+            self._num_packets += 1
             self._container.mux(packet)
