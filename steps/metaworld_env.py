@@ -55,6 +55,19 @@ def configure_headless_gl(backend: str | None = None) -> str:
     return chosen
 
 
+def _import_triton_before_mesa() -> None:
+    """Import triton (shipped with Linux builds of torch) before Mesa starts its software renderer.
+
+    Mesa's llvmpipe (EGL and OSMesa alike) loads the system libLLVM; importing triton after that
+    segfaults the process (Mesa 22.3 / LLVM 15 with triton 3.8), and torch imports triton lazily, e.g.
+    the first time a model is built under a device context. In the other order both work.
+    """
+    import importlib.util
+
+    if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
+
+
 @dataclass
 class StepResult:
     """What one environment step returns, in the dataset's terms."""
@@ -99,6 +112,7 @@ class MetaworldEnv:
             raise ValueError(f"camera: {camera!r} is not a camera of {task}")
         self._renderer = None
         if resolution is not None:
+            _import_triton_before_mesa()
             vis = env.model.vis
             vis.quality.shadowsize = SHADOW_SIZE
             # The offscreen buffer must hold the frame (Meta-World's XML allows 640x480).

@@ -104,6 +104,27 @@ def test_reset_is_seeded_and_camera_is_corner4_rotated_180():
         np.testing.assert_allclose(env._env.model.cam_pos[4], [0.75, 0.075, 0.7])
 
 
+def test_rendering_before_triton_import_does_not_crash():
+    """Mesa's libLLVM and triton's clash (segfault) unless triton is imported first; MetaworldEnv does that."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    script = (
+        "from steps.metaworld_env import MetaworldEnv\n"
+        f"env = MetaworldEnv('reach-v3', resolution={RES}); env.reset(0); env.render()\n"
+        "import triton  # what torch does lazily, e.g. when building a model under a device context\n"
+        "env.render(); print('ok')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+
+
 def test_env_refuses_bad_actions_and_seeds():
     with MetaworldEnv("reach-v3", resolution=None) as env:
         with pytest.raises(RuntimeError, match="reset"):
@@ -285,6 +306,30 @@ def test_evaluator_expert_scores_one_and_random_about_zero(tmp_path):
     random = sim_eval.evaluate_metaworld(sim_eval.RandomPolicy(horizon=5, seed=0), log=None, **common)
     assert random.success_rate <= 1 / 6
     assert all(o.steps == 150 for o in random.episodes if not o.success)
+
+
+def test_evaluator_runs_the_inference_policy(tmp_path):
+    """The registered-model path: steps.policy.Policy.predict (tiny pi05_metaworld) as policy_fn."""
+    import torch
+
+    from steps.policy import Policy
+    from tests.policy_helpers import make_tiny_export
+
+    torch.set_num_threads(1)
+    policy = Policy.from_export(make_tiny_export(tmp_path, "pi05_metaworld"), device="cpu")
+    horizon = policy.config_type.action_horizon
+    result = sim_eval.evaluate_metaworld(
+        policy.predict,
+        ["reach-v3"],
+        1,
+        seeds=[0],
+        max_steps=2 * horizon,
+        replan_every=horizon,
+        resolution=RES,
+        log=None,
+    )
+    assert result.episodes[0].steps == 2 * horizon or result.episodes[0].success
+    assert set(result.per_task) == {"reach-v3"}
 
 
 class _CountingPolicy:
