@@ -6,7 +6,8 @@ Measures (medians over --repeats):
 - render ms per frame at 224² and 480² (mt50 camera, 1024 shadow map),
 - generation frames/s end to end (expert rollout + replay with rendering + AV1 encoding + v3.0 write),
 - evaluation episodes/min with a trivial image-reading policy (chunks of 5, replan every 5, 150 steps,
-  never succeeds so every episode runs the full 150 steps), and the same without rendering.
+  never succeeds so every episode runs the full 150 steps), the same without rendering, and with the
+  tiny pi05_metaworld inference policy (steps.policy.Policy.predict, random weights).
 Prints a markdown table for benchmarks/RESULTS.md.
 """
 
@@ -43,6 +44,18 @@ class TrivialBlindPolicy(TrivialImagePolicy):
 
     def __call__(self, obs: dict) -> np.ndarray:
         return np.zeros((5, 4), np.float32)
+
+
+def tiny_policy():
+    """steps.policy.Policy around a random tiny pi05_metaworld model (the registered-model code path)."""
+    import torch
+
+    from steps.policy import Policy
+    from tests.policy_helpers import make_tiny_export
+
+    torch.set_num_threads(1)
+    export = make_tiny_export(Path(tempfile.mkdtemp(prefix="bench-mw-policy-")), "pi05_metaworld")
+    return Policy.from_export(export, device="cpu").predict
 
 
 def render_ms(resolution: int, frames: int = 20) -> float:
@@ -97,6 +110,8 @@ def main() -> None:
     rows.append(("evaluation, trivial image policy, 224², 150 steps (episodes/min)", per_min))
     per_min, _ = med(eval_episodes_per_min, TrivialBlindPolicy(), tasks, 2, 224)
     rows.append(("evaluation, no rendering, 150 steps (episodes/min)", per_min))
+    per_min, _ = med(eval_episodes_per_min, tiny_policy(), tasks, 2, 224)
+    rows.append(("evaluation, tiny pi05_metaworld Policy.predict, 224², 150 steps (episodes/min)", per_min))
     print("| measure | median |\n| --- | --- |")
     for name, value in rows:
         print(f"| {name} | {value:.3g} |")

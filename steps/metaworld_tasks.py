@@ -131,7 +131,7 @@ _TASK_TO_DIFFICULTY = {task: group for group, tasks in DIFFICULTY_TO_TASKS.items
 
 
 def check_task_names(names: Iterable[str]) -> tuple[str, ...]:
-    """Return `names` as a tuple; an unknown environment name -> ValueError with a close match."""
+    """Return `names` as a tuple; an unknown or repeated environment name -> ValueError."""
     names = tuple(names)
     if not names:
         raise ValueError("tasks: expected at least one Meta-World environment name, e.g. 'reach-v3'")
@@ -142,6 +142,9 @@ def check_task_names(names: Iterable[str]) -> tuple[str, ...]:
             raise ValueError(
                 f"tasks: unknown Meta-World environment {name!r}.{hint} Known: {', '.join(TASKS)}"
             )
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"tasks: {duplicates} listed more than once")
     return names
 
 

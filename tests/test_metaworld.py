@@ -47,6 +47,8 @@ def test_task_table_shape_and_reference():
 def test_unknown_task_names_a_close_match():
     with pytest.raises(ValueError, match="Did you mean 'reach-v3'"):
         metaworld_tasks.check_task_names(["reach-v2"])
+    with pytest.raises(ValueError, match="more than once"):
+        metaworld_tasks.check_task_names(["reach-v3", "push-v3", "reach-v3"])
 
 
 # ------------------------------------------------------------------------------------------------ URI
