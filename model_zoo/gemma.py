@@ -60,7 +60,7 @@ class AdaRMSNorm(nn.Module):
         if cond is None:
             raise ValueError("AdaRMSNorm needs the time conditioning `cond` (pi0.5 action expert)")
         with torch.autocast(device_type=x.device.type, enabled=False):
-            modulation = self.dense(cond.float())
+            modulation = self.dense(cond.to(self.dense.weight.dtype)).float()
         if x.dim() == 3:  # one conditioning vector per sample, broadcast over the sequence
             modulation = modulation[:, None, :]
         scale, shift, gate = modulation.chunk(3, dim=-1)

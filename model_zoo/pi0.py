@@ -156,8 +156,14 @@ class Pi0Model(nn.Module):
 
     def head_modules(self) -> list[nn.Module]:
         """Action-side modules that stay float32 in every precision mode."""
-        names = ("action_time_mlp_in", "action_time_mlp_out") if not self.config.pi05 else ()
-        names += ("action_in_proj", "action_out_proj", "state_proj", "time_mlp_in", "time_mlp_out")
+        names = (
+            "action_in_proj",
+            "action_out_proj",
+            "state_proj",
+            "action_time_mlp_in",
+            "action_time_mlp_out",
+        )
+        names += ("time_mlp_in", "time_mlp_out")  # pi0.5 has these instead of state / action-time MLPs
         return [getattr(self, n) for n in names if hasattr(self, n)]
 
     def _autocast(self, device: torch.device):
@@ -166,8 +172,11 @@ class Pi0Model(nn.Module):
         return contextlib.nullcontext()
 
     @staticmethod
-    def _fp32(device: torch.device):
-        return torch.autocast(device_type=device.type, enabled=False)
+    def _head(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """Run an action-side Linear outside autocast, in its weight dtype (float32 unless a wrapper
+        such as FSDP casts parameters), and return float32."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return module(x.to(module.weight.dtype)).float()
 
     # ------------------------------------------------------------------------------------ embedding
 
@@ -220,25 +229,24 @@ class Pi0Model(nn.Module):
         """
         bsize, horizon = x_t.shape[:2]
         device = x_t.device
-        with self._fp32(device):
-            time_emb = sincos_time_embedding(time, self.action_in_proj.out_features)
-            action_emb = self.action_in_proj(x_t.float())
-            if self.config.pi05:
-                cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb))))
-                embs, ar = action_emb, [True] + [False] * (horizon - 1)
-            else:
-                cond = None
-                mixed = torch.cat([action_emb, time_emb[:, None].expand_as(action_emb)], dim=2)
-                action_emb = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(mixed)))
-                state_emb = self.state_proj(state.float())[:, None]
-                embs, ar = torch.cat([state_emb, action_emb], dim=1), [True, True] + [False] * (horizon - 1)
+        head = self._head
+        time_emb = sincos_time_embedding(time, self.action_in_proj.out_features)
+        action_emb = head(self.action_in_proj, x_t)
+        if self.config.pi05:
+            cond = F.silu(head(self.time_mlp_out, F.silu(head(self.time_mlp_in, time_emb))))
+            embs, ar = action_emb, [True] + [False] * (horizon - 1)
+        else:
+            cond = None
+            mixed = torch.cat([action_emb, time_emb[:, None].expand_as(action_emb)], dim=2)
+            action_emb = head(self.action_time_mlp_out, F.silu(head(self.action_time_mlp_in, mixed)))
+            state_emb = head(self.state_proj, state)[:, None]
+            embs, ar = torch.cat([state_emb, action_emb], dim=1), [True, True] + [False] * (horizon - 1)
         ar_masks = torch.tensor(ar, dtype=torch.bool, device=device)[None].expand(bsize, -1)
         valid = torch.ones(bsize, embs.shape[1], dtype=torch.bool, device=device)
         return embs, valid, ar_masks, cond
 
     def _project_actions(self, suffix_out: torch.Tensor) -> torch.Tensor:
-        with self._fp32(suffix_out.device):
-            return self.action_out_proj(suffix_out[:, -self.config.action_horizon :].float())
+        return self._head(self.action_out_proj, suffix_out[:, -self.config.action_horizon :])
 
     # ------------------------------------------------------------------------------------- training
 
