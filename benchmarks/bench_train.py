@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,10 +51,12 @@ def make_assets(base: Path, config_type: str) -> dict:
     return {"root": str(root), "tok": str(tok), "norm": str(norm)}
 
 
-def run(name: str, base: Path, assets: dict, args, *, procs: int, num_workers: int) -> dict:
+def run(
+    name: str, base: Path, assets: dict, args, *, procs: int, num_workers: int, threads: int | None = None
+) -> dict:
     from steps.train_config import TrainConfig
 
-    out = base / name
+    out = base / f"run{len(list(base.glob('run*')))}"
     cfg = TrainConfig(
         config_type=args.config_type, dataset_root=assets["root"], norm_stats_path=assets["norm"],
         tokenizer_path=assets["tok"], model_variant=args.variant, global_batch=args.global_batch,
@@ -64,20 +67,26 @@ def run(name: str, base: Path, assets: dict, args, *, procs: int, num_workers: i
     out.mkdir(parents=True)
     cfg.to_json(out / "cfg.json")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # torch's intra-op threads per process: by default all cores for one process (torch's own default) and
+    # cores / processes under torchrun.
+    threads = threads or max(1, (os.cpu_count() or 1) // procs)
+    env["OMP_NUM_THREADS"] = str(threads)
     if procs > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // procs))
     else:
         cmd = [sys.executable]
     cmd += ["-m", "steps.train", "--config", str(out / "cfg.json")]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if proc.returncode:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
     step = statistics.median(r["perf/step_time_s"] for r in rows)
     wait = statistics.median(r["perf/data_wait_s"] / r["perf/step_time_s"] for r in rows)
     return {"name": name, "procs": procs, "workers": num_workers, "step_s": step,
-            "samples_per_s": args.global_batch / step, "data_wait": wait}  # fmt: skip
+            "samples_per_s": args.global_batch / step, "data_wait": wait, "cpu_s": cpu_s}  # fmt: skip
 
 
 def main() -> None:
@@ -93,13 +102,15 @@ def main() -> None:
         base = Path(tmp)
         assets = make_assets(base, args.config_type)
         load_before = os.getloadavg()[0]
+        cores = os.cpu_count() or 1
         results = [
-            run("1 process, 0 workers", base, assets, args, procs=1, num_workers=0),
-            run("1 process, 2 workers", base, assets, args, procs=1, num_workers=2),
-            run("2-process DDP (gloo), 1 worker each", base, assets, args, procs=2, num_workers=1),
+            run(f"1 process, {cores} threads, 0 workers", base, assets, args, procs=1, num_workers=0),
+            run(f"1 process, {cores} threads, 2 workers", base, assets, args, procs=1, num_workers=2),
+            run("1 process, 1 thread, 2 workers", base, assets, args, procs=1, num_workers=2, threads=1),
+            run("2-process DDP (gloo), 1 thread + 1 worker each", base, assets, args, procs=2, num_workers=1),
         ]
         load_after = os.getloadavg()[0]
-    single = results[1]["samples_per_s"]
+    single = results[1]["samples_per_s"]  # the default: one process, torch's threads, 2 loader workers
     lines = [
         f"### {datetime.date.today()}: tiny {args.config_type}, global batch {args.global_batch}, {args.steps} steps "
         f"(median of steps 2..{args.steps})",
@@ -108,12 +119,12 @@ def main() -> None:
         f"{load_before:.1f} before, {load_after:.1f} after. Command: `python benchmarks/bench_train.py "
         f"--steps {args.steps} --global_batch {args.global_batch}`.",
         "",
-        "| run | step time (s) | samples/s | vs 1 process, 2 workers | data wait / step time |",
-        "| --- | --- | --- | --- | --- |",
+        "| run | step time (s) | samples/s | vs default (row 2) | data wait / step time | CPU-s, whole run |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         lines.append(f"| {r['name']} | {r['step_s']:.2f} | {r['samples_per_s']:.2f} | "
-                     f"{r['samples_per_s'] / single:.2f}x | {r['data_wait']:.1%} |")  # fmt: skip
+                     f"{r['samples_per_s'] / single:.2f}x | {r['data_wait']:.1%} | {r['cpu_s']:.0f} |")  # fmt: skip
     table = "\n".join(lines) + "\n"
     print(table)
     if args.append:

@@ -144,6 +144,7 @@ class MetricsLogger:
         if not self.tracking:
             return
         self.flush()
+        self.tracking = False  # idempotent: a second close (cleanup after an error) does nothing
         if self._system_monitor is not None:
             self._system_monitor.finish()
         if self._owns_run:

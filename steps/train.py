@@ -452,7 +452,6 @@ class Trainer:
                     print(f"step {self.step}: non-finite loss {loss} / grad norm {grad_norm}; optimizer step "
                           f"skipped ({self.nonfinite_in_a_row} in a row)", file=sys.stderr)  # fmt: skip
                 if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
-                    self.logger.close(status="FAILED")
                     raise NonFiniteLossError(
                         f"{self.nonfinite_in_a_row} non-finite steps in a row (last at step {self.step}: loss "
                         f"{loss}, grad norm {grad_norm}); stopping. The last good checkpoint is "
@@ -564,13 +563,13 @@ class Trainer:
         model.load_state_dict(full, strict=True)
         return model, ema
 
-    def cleanup(self) -> None:
+    def cleanup(self, failed: bool = False) -> None:
         from steps import distributed as D
 
         if getattr(self, "metrics_file", None) is not None:
             self.metrics_file.close()
         if hasattr(self, "logger"):
-            self.logger.close()
+            self.logger.close(status="FAILED" if failed else "FINISHED")
         if hasattr(self, "ctx"):
             D.cleanup(self.ctx)
 
@@ -578,13 +577,15 @@ class Trainer:
 def main(config: TrainConfig) -> TrainResult:
     """Train (resuming from the latest complete checkpoint in ``config.checkpoint_dir``) and export."""
     trainer = Trainer(config)
+    failed = True
     try:
         trainer.setup()
         result = trainer.train()
         trainer.export(result)
+        failed = False
         return result
     finally:
-        trainer.cleanup()
+        trainer.cleanup(failed=failed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -182,8 +182,9 @@ def test_overfit_loss_falls_single_and_ddp_agree(assets, tmp_path):
 def test_lora_trains_adapter_only_and_exports_merged(assets, tmp_path):
     from model_zoo.checkpoint import load_model
 
+    # Activation checkpointing on as well: recomputation must work with the injected adapters.
     cfg = _config(assets, tmp_path / "lora", lora=LoraConfig(rank=4), max_steps=2, val_every=1, save_every=2,
-                  export_from="best")  # fmt: skip
+                  export_from="best", gradient_checkpointing=True)  # fmt: skip
     result = main(cfg)
     assert result.final_step == 2 and result.best_step in (1, 2)
     assert result.best_val_loss == min(v for _, v in result.val_losses)
