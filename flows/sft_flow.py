@@ -12,9 +12,11 @@ start (validate, MLflow run, lineage id) -> fetch_data -> compute_norm_stats -> 
 environment or ``@secrets``, never from Parameters.
 """
 
+import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 # Make steps/, model_zoo/, data_adapters/ and flows/ importable: the repository root when run from a
@@ -82,7 +84,8 @@ class SFTFlow(FlowSpec):
                           help="SentencePiece tokenizer: path, https:// URL, hf://org/repo/file or 'tiny' "
                                "(default: PaliGemma's; 'tiny' with --demo).")  # fmt: skip
     eval_episodes = Parameter("eval_episodes", default=2, type=int, help="Episodes held out for evaluation.")
-    eval_samples = Parameter("eval_samples", default=256, type=int, help="Frames evaluated (evenly spaced).")
+    eval_samples = Parameter("eval_samples", default=None, type=int,
+                             help="Frames evaluated, evenly spaced (default: 256; 32 with --demo).")  # fmt: skip
     experiment = Parameter("experiment", default="vla-sft", help="MLflow experiment name.")
     model_name = Parameter("model_name", default=None, type=str,
                            help="Registered model name (default: the config type's name).")  # fmt: skip
@@ -98,20 +101,22 @@ class SFTFlow(FlowSpec):
         from steps.run_assets import PALIGEMMA_TOKENIZER_URL, TINY_TOKENIZER, check_tokenizer_spec
 
         try:
-            plan = validate_inputs.validate_run_inputs(
-                config_type=self.config_type, dataset=self.dataset, dataset_revision=self.dataset_revision,
-                max_steps=self.max_steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                lora=self.lora, lora_rank=self.lora_rank, pretrained=self.pretrained,
-                eval_episodes=self.eval_episodes, demo=self.demo, nodes=self.cluster.nodes,
-                procs_per_node=self.cluster.procs_per_node,
-            )  # fmt: skip
+            with _timed(self, "start.validate"):
+                plan = validate_inputs.validate_run_inputs(
+                    config_type=self.config_type, dataset=self.dataset, dataset_revision=self.dataset_revision,
+                    max_steps=self.max_steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                    lora=self.lora, lora_rank=self.lora_rank, pretrained=self.pretrained,
+                    eval_episodes=self.eval_episodes, eval_samples=self.eval_samples, demo=self.demo,
+                    nodes=self.cluster.nodes, procs_per_node=self.cluster.procs_per_node,
+                )  # fmt: skip
             self.tokenizer_spec = self.tokenizer or (TINY_TOKENIZER if self.demo else PALIGEMMA_TOKENIZER_URL)
             check_tokenizer_spec(self.tokenizer_spec)
             train_launch.check_train_options(self.train_options)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
         self.plan = {**plan.to_dict(), "finetune": plan.finetune, "world_size": plan.world_size}
-        self._start_tracking(plan)
+        with _timed(self, "start.mlflow"):
+            self._start_tracking(plan)
         self.next(self.fetch_data)
 
     def _start_tracking(self, plan):
@@ -137,31 +142,25 @@ class SFTFlow(FlowSpec):
 
     @step
     def fetch_data(self):
-        """Download (or locate) the dataset, check its schema, split episodes; fetch the tokenizer."""
-        from data_adapters.config_types import get_config_type
+        """Download (or locate / generate) the dataset, check its schema, split episodes; get the tokenizer."""
+        from steps.run_assets import fetch_run_dataset, resolve_tokenizer
 
-        from steps.fetch_data import fetch_dataset
-        from steps.run_assets import demo_dataset, resolve_tokenizer
-
-        cfg = get_config_type(self.plan["config_type"])
-        dataset = demo_dataset(cfg) if self.plan["dataset_kind"] == "demo" else self.plan["dataset"]
-        result = fetch_dataset(cfg, dataset=str(dataset), revision=self.plan["dataset_revision"],
-                               val_episodes=self.plan["eval_episodes"])  # fmt: skip
-        self.fetched = result.to_dict()
-        self.tokenizer_model = resolve_tokenizer(self.tokenizer_spec).read_bytes()
+        with _timed(self, "fetch_data"):
+            self.fetched = fetch_run_dataset(self.plan).to_dict()
+            self.tokenizer_model = resolve_tokenizer(self.tokenizer_spec).read_bytes()
         self.next(self.compute_norm_stats)
 
     @step
     def compute_norm_stats(self):
         """Exact normalization statistics over the training episodes."""
         from data_adapters.config_types import get_config_type
-
         from steps.norm_stats import compute_norm_stats
         from steps.run_assets import default_cache_dir
 
         out = default_cache_dir() / "runs" / self.lineage_id / "norm_stats.json"
-        stats = compute_norm_stats(get_config_type(self.plan["config_type"]), self.fetched["path"],
-                                   self.fetched["train_episodes"], out_path=out)  # fmt: skip
+        with _timed(self, "compute_norm_stats"):
+            stats = compute_norm_stats(get_config_type(self.plan["config_type"]), self.fetched["path"],
+                                       self.fetched["train_episodes"], out_path=out)  # fmt: skip
         self.norm_stats = stats.to_json_dict()
         self.next(self.train, num_parallel=self.cluster.nodes)
 
@@ -192,16 +191,12 @@ class SFTFlow(FlowSpec):
         # The training processes join the flow's MLflow run and import the project from its root.
         os.environ.update(MLFLOW_RUN_ID=self.mlflow_run_id, MLFLOW_TRACKING_URI=self.tracking_uri,
                           PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
-        current.torch.run(
-            entrypoint=train_launch.TRAIN_ENTRYPOINT,
-            entrypoint_args=[
-                "--config",
-                str(workdir / "train_config.json"),
-                "--result_json",
-                str(result_path),
-            ],
-            nproc_per_node=self.plan["procs_per_node"],
-        )
+        with _timed(self, "train.torchrun"):
+            current.torch.run(
+                entrypoint=train_launch.TRAIN_ENTRYPOINT,
+                entrypoint_args=["--config", str(workdir / "train_config.json"), "--result_json", str(result_path)],
+                nproc_per_node=self.plan["procs_per_node"],
+            )  # fmt: skip
         self.node_index = node
         self.train_result = json.loads(result_path.read_text()) if node == 0 else None
         if node == 0:
@@ -221,7 +216,8 @@ class SFTFlow(FlowSpec):
         main = next(i for i in inputs if i.node_index == 0)
         self.train_result = {k: v for k, v in main.train_result.items() if k not in ("losses", "val_losses")}
         self.export_uri = main.export_uri
-        self.merge_artifacts(inputs, exclude=["node_index", "train_result", "export_uri"])
+        self.timings = main.timings
+        self.merge_artifacts(inputs, exclude=["node_index", "train_result", "export_uri", "timings"])
         self.next(self.evaluate)
 
     @card(type="blank", id="evaluate")
@@ -235,9 +231,10 @@ class SFTFlow(FlowSpec):
 
         workdir = default_cache_dir() / "runs" / self.lineage_id / "evaluate"
         export_dir = train_launch.local_export(self.export_uri, workdir)
-        result = evaluate_export(export_dir, self.fetched["path"], self.fetched["val_episodes"],
-                                 max_samples=self.eval_samples,
-                                 device="cuda" if self.cluster.gpus_per_node else "cpu")  # fmt: skip
+        with _timed(self, "evaluate"):
+            result = evaluate_export(export_dir, self.fetched["path"], self.fetched["val_episodes"],
+                                     max_samples=self.plan["eval_samples"],
+                                     device="cuda" if self.cluster.gpus_per_node else "cpu")  # fmt: skip
         self.eval_metrics = result.metrics
         tracking.log_metrics(self.tracking_uri, self.mlflow_run_id, {f"eval/{k}": v for k, v in result.metrics.items()},
                              step=self.train_result["final_step"])  # fmt: skip
@@ -264,11 +261,12 @@ class SFTFlow(FlowSpec):
             base_checkpoint=self.plan["pretrained"], finetune=self.plan["finetune"],
             git_commit=tracking.git_commit(_ROOT),
         )  # fmt: skip
-        version = register.register_model(
-            self.tracking_uri, name=self.model_name or register.model_name_for(self.plan["config_type"]),
-            model_dir=export_dir, run_id=self.mlflow_run_id, lineage_id=self.lineage_id, tags=tags,
-            metrics=self.eval_metrics,
-        )  # fmt: skip
+        with _timed(self, "register"):
+            version = register.register_model(
+                self.tracking_uri, name=self.model_name or register.model_name_for(self.plan["config_type"]),
+                model_dir=export_dir, run_id=self.mlflow_run_id, lineage_id=self.lineage_id, tags=tags,
+                metrics=self.eval_metrics,
+            )  # fmt: skip
         self.model_version = {"name": version.name, "version": version.version, "source": version.source,
                               "alias": version.alias, "created": version.created}  # fmt: skip
         self.next(self.end)
@@ -278,11 +276,23 @@ class SFTFlow(FlowSpec):
         """Close the MLflow run and say where everything is."""
         from steps import tracking
 
+        # The MLflow run points at the Metaflow run that finished it (a resume is a new Metaflow run).
+        tracking.set_tags(self.tracking_uri, self.mlflow_run_id,
+                          {tracking.PATHSPEC_TAG: f"{current.flow_name}/{current.run_id}",
+                           "metaflow.origin_run_id": current.origin_run_id or ""})  # fmt: skip
         tracking.finish_run(self.tracking_uri, self.mlflow_run_id)
         mv = self.model_version
         print(f"model {mv['name']} version {mv['version']} (alias {mv['alias']}) · MLflow run {self.mlflow_run_id}\n"
               f"metrics {json.dumps(self.eval_metrics)}\n"
               f"browse: mlflow ui --backend-store-uri {self.tracking_uri}")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _timed(flow, name: str):
+    """Record the seconds of a step's core call in the ``timings`` artifact (benchmarks read it)."""
+    started = time.perf_counter()
+    yield
+    flow.timings = {**getattr(flow, "timings", {}), name: round(time.perf_counter() - started, 3)}
 
 
 def _datastore_checkpoint_root(flow) -> str:

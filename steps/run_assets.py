@@ -8,8 +8,10 @@ Tokenizer specs (``--tokenizer``):
   uses it; about 4 MB);
 - ``hf://<org>/<repo>/<file>[@revision]``: a file of a Hub model repo (``HF_TOKEN`` from the environment).
 
-The demo dataset is a small synthetic LeRobot v3.0 dataset in the config type's schema
-(``data_adapters.synthetic``), cached by a key of everything that shapes it.
+The demo dataset: for Meta-World config types, the expert demonstrations shipped with the repository
+(``steps.metaworld_data.DEMO_DATASET``: 3 tasks x 5 episodes, real renders); for the others a small
+synthetic LeRobot v3.0 dataset in the config type's schema (``data_adapters.synthetic``), cached by a
+key of everything that shapes it.
 """
 
 from __future__ import annotations
@@ -81,6 +83,29 @@ def resolve_tokenizer(spec: str, cache_dir: str | os.PathLike | None = None) -> 
 
 
 def demo_dataset(cfg, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The demo dataset for config type ``cfg``: shipped Meta-World demos, or synthetic (cached)."""
+    shipped = shipped_demo_dataset(cfg)
+    return shipped if shipped is not None else synthetic_demo_dataset(cfg, cache_dir)
+
+
+def shipped_demo_dataset(cfg) -> Path | None:
+    """The repository's Meta-World expert demos when ``cfg`` is a Meta-World type that fits them."""
+    if cfg.simulator != "metaworld":
+        return None
+    from data_adapters.config_types import validate_against_dataset
+    from steps.metaworld_data import DEMO_DATASET
+
+    info = DEMO_DATASET / "meta" / "info.json"
+    if not info.is_file():
+        return None
+    try:
+        validate_against_dataset(cfg, json.loads(info.read_text()))
+    except ValueError:
+        return None  # a custom Meta-World type with another schema: use synthetic data instead
+    return DEMO_DATASET
+
+
+def synthetic_demo_dataset(cfg, cache_dir: str | os.PathLike | None = None) -> Path:
     """The cached synthetic demo dataset for config type ``cfg`` (generated on first use)."""
     from data_adapters.synthetic import make_synthetic_dataset
 
@@ -108,6 +133,25 @@ def demo_dataset(cfg, cache_dir: str | os.PathLike | None = None) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return root
+
+
+def fetch_run_dataset(plan: dict, cache_dir: str | os.PathLike | None = None):
+    """``steps.fetch_data.fetch_dataset`` for a run plan: the demo dataset, a generated ``metaworld://``
+    dataset, a Hub id or a local folder, with ``plan["eval_episodes"]`` episodes held out."""
+    from data_adapters.config_types import get_config_type
+    from steps.fetch_data import fetch_dataset
+
+    cfg = get_config_type(plan["config_type"])
+    kind, dataset = plan["dataset_kind"], plan["dataset"]
+    if kind == "demo":
+        dataset = str(demo_dataset(cfg, cache_dir))
+    elif kind == "metaworld":
+        from steps.metaworld_data import fetch_metaworld
+
+        dataset = str(fetch_metaworld(dataset))
+    return fetch_dataset(
+        cfg, dataset=dataset, revision=plan["dataset_revision"], val_episodes=plan["eval_episodes"]
+    )
 
 
 def _atomic_write(path: Path, write) -> None:

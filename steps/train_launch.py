@@ -63,21 +63,21 @@ def prepare_node_inputs(
 
 
 def _refetch(plan: dict, fetched: dict) -> str:
-    from data_adapters.config_types import get_config_type
-
-    from steps.fetch_data import fetch_dataset
+    from steps.run_assets import fetch_run_dataset
 
     if plan["dataset_kind"] in ("local", "demo"):
         raise ValueError(
             f"dataset: {fetched['path']} is a local path of the machine that ran fetch_data and is not on "
-            "this node; multi-node and remote runs need a Hub id, s3:// or metaworld:// dataset"
+            "this node; multi-node and remote runs need a Hub id or a metaworld:// dataset"
         )
-    again = fetch_dataset(get_config_type(plan["config_type"]), dataset=plan["dataset"],
-                          revision=plan["dataset_revision"])  # fmt: skip
+    # The same revision that fetch_data pinned (a Hub snapshot's commit), so every node reads the same files.
+    again = fetch_run_dataset(
+        {**plan, "dataset_revision": fetched.get("revision") or plan["dataset_revision"]}
+    )
     if again.fingerprint != fetched["fingerprint"]:
         raise ValueError(
             f"dataset: {plan['dataset']} fetched on this node has fingerprint {again.fingerprint}, but fetch_data "
-            f"saw {fetched['fingerprint']}; pin --dataset_revision so every node reads the same data"
+            f"saw {fetched['fingerprint']}; the dataset changed between the two fetches"
         )
     return str(again.path)
 

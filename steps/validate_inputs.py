@@ -7,7 +7,7 @@ that names the option and the bad value, so the user fixes it without reading a 
 
 Checked: config type (name or YAML), numeric overrides, LoRA rank, pretrained path, dataset
 (a local folder must exist and match the config type's schema; ``metaworld://`` URIs must parse;
-Hub ids must look like ``org/name``), global batch divisible by the world size, MLflow reachability.
+Hub ids must be cached or exist on the Hub), global batch divisible by the world size, MLflow reachability.
 No torch, no mlflow import: this runs in the first seconds of a run.
 """
 
@@ -24,7 +24,8 @@ from typing import Any
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DEMO_DATASET = "demo://synthetic"  # the --demo default: a small generated dataset in the config type's schema
 # --demo defaults: a few steps of the tiny model, small batches, frequent checkpoints (for resume).
-DEMO_DEFAULTS = {"max_steps": 12, "batch_size": 4, "learning_rate": 1e-3, "save_every": 4, "val_every": 6}
+DEMO_DEFAULTS = {"max_steps": 12, "batch_size": 4, "learning_rate": 1e-3, "eval_samples": 32}
+DEFAULT_EVAL_SAMPLES = 256
 
 
 class InputError(ValueError):
@@ -47,6 +48,7 @@ class RunPlan:
     lora_rank: int | None  # None: full fine-tuning
     pretrained: str | None
     eval_episodes: int
+    eval_samples: int
     demo: bool
     nodes: int
     procs_per_node: int
@@ -114,6 +116,36 @@ def check_local_dataset(path: Path, config_type) -> None:
         ) from None
 
 
+def check_hub_dataset(repo_id: str, revision: str | None, timeout_s: float = 10.0) -> None:
+    """A Hub dataset is in the local cache, or the Hub answers that it exists (one request, short timeout)."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision, local_files_only=True)
+        return  # cached: no network needed
+    except Exception:  # noqa: BLE001 - not cached (any reason): ask the Hub below
+        pass
+    where = f"Hub dataset {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    if constants.HF_HUB_OFFLINE:
+        raise InputError(f"--dataset: {where} is not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+    try:
+        HfApi().dataset_info(repo_id, revision=revision, timeout=timeout_s)
+    except GatedRepoError:
+        raise InputError(
+            f"--dataset: {where} is gated: accept its terms on the Hub and set HF_TOKEN"
+        ) from None
+    except RevisionNotFoundError:
+        raise InputError(f"--dataset: {where}: the revision does not exist") from None
+    except RepositoryNotFoundError:
+        raise InputError(f"--dataset: {where} does not exist (or is private: set HF_TOKEN)") from None
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types
+        raise InputError(
+            f"--dataset: {where} is not cached and the Hub cannot be reached ({type(exc).__name__}); "
+            "run with network access, or pass a local folder"
+        ) from None
+
+
 def _check_pretrained(pretrained: str | None, demo: bool) -> None:
     if pretrained is None:
         return
@@ -141,11 +173,13 @@ def validate_run_inputs(
     lora_rank: int = 32,
     pretrained: str | None = None,
     eval_episodes: int = 2,
+    eval_samples: int | None = None,
     demo: bool = False,
     nodes: int = 1,
     procs_per_node: int = 1,
     tracking_uri: str | None = None,
     check_tracking: bool = True,
+    check_remote: bool = True,
 ) -> RunPlan:
     """Validate the run's command-line values; return the resolved plan or raise InputError."""
     from data_adapters.config_types import get_config_type, require_dataset
@@ -163,6 +197,7 @@ def validate_run_inputs(
     _positive("max_steps", max_steps)
     _positive("batch_size", batch_size)
     _positive("learning_rate", learning_rate, float)
+    _positive("eval_samples", eval_samples)
     _positive("nodes", nodes)
     _positive("procs_per_node", procs_per_node)
     if lora and (not isinstance(lora_rank, int) or isinstance(lora_rank, bool) or lora_rank < 1):
@@ -175,6 +210,7 @@ def validate_run_inputs(
         max_steps = max_steps or DEMO_DEFAULTS["max_steps"]
         batch_size = batch_size or DEMO_DEFAULTS["batch_size"]
         learning_rate = learning_rate or DEMO_DEFAULTS["learning_rate"]
+        eval_samples = eval_samples or DEMO_DEFAULTS["eval_samples"]
     world_size = nodes * procs_per_node
     global_batch = batch_size or ct.train.global_batch
     if global_batch % world_size:
@@ -202,8 +238,12 @@ def validate_run_inputs(
             parse_metaworld_uri(dataset)
         except ValueError as exc:
             raise InputError(f"--dataset: {_one_line(exc)}") from None
-    elif kind == "s3" and not re.match(r"^s3://[^/]+/.+", dataset):
-        raise InputError(f"--dataset: {dataset!r} is not an s3://bucket/prefix URI")
+    elif kind == "hub" and check_remote:
+        check_hub_dataset(dataset, dataset_revision)
+    elif kind == "s3":
+        raise InputError(
+            f"--dataset: s3:// datasets are not supported yet ({dataset}); use a Hub id or a local folder"
+        )
     uri = tracking.resolve_tracking_uri(tracking_uri)
     if check_tracking:
         try:
@@ -224,6 +264,7 @@ def validate_run_inputs(
         lora_rank=lora_rank if lora else None,
         pretrained=pretrained,
         eval_episodes=eval_episodes,
+        eval_samples=eval_samples or DEFAULT_EVAL_SAMPLES,
         demo=demo,
         nodes=nodes,
         procs_per_node=procs_per_node,

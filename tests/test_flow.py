@@ -293,7 +293,7 @@ def _mlflow_checks(root: Path, info: dict, *, expect_world_size: int) -> None:
     run = client.get_run(info["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["vla_sft.lineage_id"] == info["lineage_id"]
-    assert run.data.tags["metaflow.pathspec"].startswith("SFTFlow/")
+    assert run.data.tags["metaflow.pathspec"] == f"SFTFlow/{info['id']}"
     assert run.data.params["plan.config_type"] == "pi05_metaworld"
     assert run.data.params["world_size"] == str(expect_world_size)
     assert "train/loss" in run.data.metrics and "eval/val_loss" in run.data.metrics
@@ -341,7 +341,7 @@ def test_failure_in_train_then_resume_continues_from_checkpoint(tmp_path):
     assert failed.returncode != 0
     first = inspect_run(tmp_path)
     assert not first["successful"] and first["steps"].get("train") is False
-    resumed = run_flow(tmp_path, *cluster, "resume", "--origin-run-id", first["id"])
+    resumed = run_flow(tmp_path, "resume", "--origin-run-id", first["id"])  # configs come from the origin run
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
     info = inspect_run(tmp_path)
     assert info["id"] != first["id"] and info["successful"]
