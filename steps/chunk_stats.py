@@ -49,6 +49,30 @@ class Episode:
     actions: np.ndarray
 
 
+@dataclass(frozen=True)
+class Episodes:
+    """Whole episodes back to back (e.g. one data file): state ``[n, Ds]``, actions ``[n, Da]``."""
+
+    indices: np.ndarray
+    lengths: np.ndarray
+    state: np.ndarray
+    actions: np.ndarray
+
+
+def _as_run(item: Episode | Episodes) -> Episodes:
+    if isinstance(item, Episode):
+        item = Episodes(np.array([item.index]), np.array([len(item.state)]), item.state, item.actions)
+    lengths = np.asarray(item.lengths, dtype=np.int64)
+    first = int(item.indices[0]) if len(item.indices) else -1
+    if len(item.state) != len(item.actions) or len(item.state) != int(lengths.sum()):
+        raise ValueError(f"episodes from {first}: {len(item.state)} state rows, {len(item.actions)} action rows, "
+                         f"lengths summing to {int(lengths.sum())}")  # fmt: skip
+    if (lengths <= 0).any():  # empty episodes have no frames and no chunks
+        keep = lengths > 0
+        item = Episodes(np.asarray(item.indices)[keep], lengths[keep], item.state, item.actions)
+    return item
+
+
 @dataclass
 class DimResult:
     """Statistics of one dimension; quantiles follow numpy's "linear" method."""
@@ -121,21 +145,44 @@ def _select(values: np.ndarray, weights: np.ndarray | None, ranks: Sequence[int]
 # -- blocks of episodes ------------------------------------------------------------------------------
 
 
-class _Block:
-    """Several whole episodes concatenated; hands out each dim's values (and weights)."""
+@dataclass
+class _View:
+    """One dim of a block: float32 values to classify, weights, and exact float64 values on demand."""
 
-    def __init__(self, episodes: list[Episode], horizon: int, delta: np.ndarray):
-        self.episodes = episodes
-        self.state = np.concatenate([e.state for e in episodes]) if len(episodes) > 1 else episodes[0].state
-        self.actions = (
-            np.concatenate([e.actions for e in episodes]) if len(episodes) > 1 else episodes[0].actions
-        )
-        self.lengths = np.array([len(e.state) for e in episodes], dtype=np.int64)
+    v32: np.ndarray
+    weights: np.ndarray | None
+    pick: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+
+
+def _window_min_max(x: np.ndarray, starts: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """min and max of ``x[i : i + h]`` for each i in ``starts`` (van Herk / Gil-Werman, O(len(x)))."""
+    n = x.size
+    grid = np.empty(-(-n // h) * h)
+    grid[:n], grid[n:] = x, x[-1]
+    grid = grid.reshape(-1, h)
+    out = []
+    for reduce in (np.minimum, np.maximum):
+        prefix = reduce.accumulate(grid, axis=1).reshape(-1)
+        suffix = reduce.accumulate(grid[:, ::-1], axis=1)[:, ::-1].reshape(-1)
+        out.append(reduce(suffix[starts], prefix[starts + h - 1]))
+    return out[0], out[1]
+
+
+class _Block:
+    """Several whole episodes back to back; hands out each dim's values (and weights)."""
+
+    def __init__(self, runs: list[Episodes], horizon: int, delta: np.ndarray):
+        one = len(runs) == 1
+        self.indices = runs[0].indices if one else np.concatenate([r.indices for r in runs])
+        self.lengths = runs[0].lengths if one else np.concatenate([r.lengths for r in runs])
+        self.state = runs[0].state if one else np.concatenate([r.state for r in runs])
+        self.actions = runs[0].actions if one else np.concatenate([r.actions for r in runs])
         self.n = int(self.lengths.sum())
         self.horizon = horizon
         self.delta = delta
         self._mult: np.ndarray | None = None
-        self._windows: tuple[np.ndarray, np.ndarray] | None = None
+        self._windows: tuple[np.ndarray, ...] | None = None
+        self._float32: bool | None = None
 
     def check_finite(self) -> None:
         for name, x in (("state", self.state), ("actions", self.actions)):
@@ -147,7 +194,7 @@ class _Block:
                 frame = row - int(ends[pos] - self.lengths[pos])
                 raise ValueError(
                     f"non-finite value {x[row, dim]} in {name}[{dim}] at episode "
-                    f"{self.episodes[pos].index}, frame {frame}"
+                    f"{int(self.indices[pos])}, frame {frame}"
                 )
 
     @property
@@ -157,30 +204,91 @@ class _Block:
         return self._mult
 
     def values(self, group: str, dim: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(values, weights or None) of one dim over this block, as training counts them."""
+        """(values, weights or None) of one dim over this block, as training counts them (float64)."""
         if group == "state":
             return self.state[:, dim], None
         if not self.delta[dim]:
             return self.actions[:, dim], self.mult
-        return self._expanded(dim), None
+        source, first, _, _ = self._padding()
+        chunk = sliding_window_view(self.actions[source, dim], self.horizon)[first]  # [n, H] copy
+        chunk -= self.state[:, dim, None]
+        return chunk.reshape(-1), None
 
-    def _expanded(self, dim: int) -> np.ndarray:
+    def moments(self, group: str, dim: int) -> tuple[int, float, float, float, float]:
+        """(count, mean, M2, min, max) of one dim over this block."""
+        if group == "actions" and self.delta[dim]:
+            return self._delta_moments(dim)
+        v, w = self.values(group, dim)
+        if w is None:
+            nb, mean = v.size, float(v.mean())
+            d = v - mean
+            m2 = float(np.square(d, out=d).sum())
+        else:
+            nb = int(w.sum())
+            mean = float((v * w).sum() / nb)
+            d = v - mean
+            m2 = float((w * d * d).sum())
+        return nb, mean, m2, float(v.min()), float(v.max())
+
+    def view(self, group: str, dim: int) -> _View:
+        """The dim's values as float32 for classification, and a way to fetch exact float64 ones."""
+        if group == "actions" and self.delta[dim] and self.float32_data:
+            # Classify on the float32 difference of float32 inputs: IEEE rounds it correctly, so it is
+            # a monotone function of the exact (float64) value, and nothing float64 of size N x H is
+            # ever materialised; the few values kept are recomputed in float64 from their positions.
+            source, first, _, _ = self._padding()
+            column = self.actions[source, dim]
+            state = self.state[:, dim]
+            v32 = sliding_window_view(column.astype(np.float32), self.horizon)[first]
+            v32 -= state.astype(np.float32)[:, None]
+
+            def pick(mask: np.ndarray) -> tuple[np.ndarray, None]:
+                t, k = np.divmod(np.flatnonzero(mask), self.horizon)
+                return column[first[t] + k] - state[t], None
+
+            return _View(v32.reshape(-1), None, pick)
+        v, w = self.values(group, dim)
+        return _View(v.astype(np.float32), w, lambda mask: (v[mask], None if w is None else w[mask]))
+
+    @property
+    def float32_data(self) -> bool:
+        if self._float32 is None:
+            self._float32 = all(np.array_equal(x.astype(np.float32), x) for x in (self.state, self.actions))
+        return self._float32
+
+    def _padding(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         # Each episode is followed by H-1 copies of its last frame, so the H-window starting at a real
         # frame is exactly that frame's chunk; windows never cross into the next episode.
-        h = self.horizon
         if self._windows is None:
+            h = self.horizon
             starts = np.cumsum(self.lengths) - self.lengths
             padded = self.lengths + h - 1
             pad_starts = np.cumsum(padded) - padded
             pos = np.arange(int(padded.sum())) - np.repeat(pad_starts, padded)
             source = np.repeat(starts, padded) + np.minimum(pos, np.repeat(self.lengths - 1, padded))
             first = np.repeat(pad_starts - starts, self.lengths) + np.arange(self.n)
-            self._windows = (source, first)
-        source, first = self._windows
-        windows = sliding_window_view(self.actions[source, dim], h)
-        chunk = windows[first]  # [n, H] copy
-        chunk -= self.state[:, dim, None]
-        return chunk.reshape(-1)
+            self._windows = (source, first, pad_starts, padded)
+        return self._windows
+
+    def _delta_moments(self, dim: int) -> tuple[int, float, float, float, float]:
+        # Per chunk (row): mean = window mean of the actions - state; M2 = the window's own M2 (the
+        # state is a constant shift). Window sums come from cumulative sums of the padded column,
+        # centred per episode so the running sums stay small. Then rows merge (law of total variance).
+        h = self.horizon
+        source, first, pad_starts, padded = self._padding()
+        column, state = self.actions[source, dim], self.state[:, dim]
+        shift = np.add.reduceat(column, pad_starts) / padded
+        centred = column - np.repeat(shift, padded)
+        c1 = np.concatenate(([0.0], np.cumsum(centred)))
+        c2 = np.concatenate(([0.0], np.cumsum(centred * centred)))
+        s1, s2 = c1[first + h] - c1[first], c2[first + h] - c2[first]
+        row_mean = s1 / h + (np.repeat(shift, self.lengths) - state)
+        row_m2 = np.maximum(s2 - s1 * s1 / h, 0.0)
+        mean = float(row_mean.mean())
+        m2 = float(row_m2.sum() + h * np.square(row_mean - mean).sum())
+        # min_k fl(a_k - s) == fl(min_k a_k - s): subtraction rounds monotonically.
+        low, high = _window_min_max(column, first, h)
+        return self.n * h, mean, m2, float((low - state).min()), float((high - state).max())
 
     def sample(self, group: str, rate: float, rng: np.random.Generator) -> np.ndarray:
         """Uniform sample (with replacement) of this block's chunk values, all dims of a group."""
@@ -198,22 +306,25 @@ class _Block:
 
 
 def _blocks(
-    episodes: Iterable[Episode], block_frames: int, horizon: int, delta: np.ndarray
+    runs: Iterable[Episode | Episodes], block_frames: int, horizon: int, delta: np.ndarray
 ) -> Iterator[_Block]:
-    pending: list[Episode] = []
+    """Blocks of about ``block_frames`` frames, cut at episode boundaries (views where possible)."""
+    pending: list[Episodes] = []
     size = 0
-    for ep in episodes:
-        if len(ep.state) != len(ep.actions):
-            raise ValueError(
-                f"episode {ep.index}: {len(ep.state)} state rows but {len(ep.actions)} action rows"
-            )
-        if len(ep.state) == 0:
-            continue
-        pending.append(ep)
-        size += len(ep.state)
-        if size >= block_frames:
-            yield _Block(pending, horizon, delta)
-            pending, size = [], 0
+    for run in map(_as_run, runs):
+        ends = np.cumsum(run.lengths)
+        first_ep, first_row = 0, 0
+        while first_ep < len(run.lengths):
+            # The fewest whole episodes that fill the block (or all that are left).
+            last_ep = min(int(np.searchsorted(ends - first_row, block_frames - size)), len(run.lengths) - 1)
+            stop_row = int(ends[last_ep])
+            pending.append(Episodes(run.indices[first_ep : last_ep + 1], run.lengths[first_ep : last_ep + 1],
+                                    run.state[first_row:stop_row], run.actions[first_row:stop_row]))  # fmt: skip
+            size += stop_row - first_row
+            first_ep, first_row = last_ep + 1, stop_row
+            if size >= block_frames:
+                yield _Block(pending, horizon, delta)
+                pending, size = [], 0
     if pending:
         yield _Block(pending, horizon, delta)
 
@@ -245,18 +356,18 @@ class _Bracket:
         # copy, twice as fast: rounding is monotone, so {f32(v) < lo} holds exactly the values below
         # every value of {lo <= f32(v) <= hi}, and ranks stay exact.
         self.lo, self.hi = _f32_down(self.lo), _f32_up(self.hi)
+        self._lo32, self._hi32 = np.float32(self.lo), np.float32(self.hi)
 
-    def add(self, v: np.ndarray, w: np.ndarray | None, v32: np.ndarray) -> None:
-        below = v32 < np.float32(self.lo)
-        inside = v32 <= np.float32(self.hi)
+    def add(self, view: _View) -> None:
+        below = view.v32 < self._lo32
+        inside = view.v32 <= self._hi32
         inside ^= below
-        picked = v[inside]
-        picked_w = None if w is None else w[inside]
-        if w is None:
+        picked, picked_w = view.pick(inside)
+        if view.weights is None:
             self.below += int(np.count_nonzero(below))
             self.inside += picked.size
         else:
-            self.below += int(w[below].sum())
+            self.below += int(view.weights[below].sum())
             self.inside += int(picked_w.sum())
         if self.kind == "hist":
             if self.hist is None:
@@ -264,17 +375,19 @@ class _Bracket:
             counts = np.bincount(self._bin(picked), weights=picked_w, minlength=self.bins)
             self.hist += counts.astype(np.int64)
         elif not self.overflow:
+            if picked.size > max(4096, view.v32.size // 16):
+                # Far more values than a sample bracket should hold: ties (a gripper at +-1, a dim
+                # that rarely moves). Keep them as (value, count) pairs right away.
+                picked, picked_w = _unique(picked, picked_w)
             self.kept.append((picked, picked_w))
             self._kept_size += picked.size
             if self._kept_size > self.cap:
                 self._compress()
 
     def _compress(self) -> None:
-        # Many equal values (a gripper at +-1, a dim that rarely moves) compress to (value, count).
         values = np.concatenate([v for v, _ in self.kept])
         weights = np.concatenate([np.ones(v.size, np.int64) if w is None else w for v, w in self.kept])
-        unique, inverse = np.unique(values, return_inverse=True)
-        counts = np.bincount(inverse, weights=weights, minlength=unique.size).astype(np.int64)
+        unique, counts = _unique(values, weights)
         if unique.size > self.cap:
             self.overflow, self.kept, self._kept_size = True, [], 0
         else:
@@ -318,6 +431,13 @@ class _Bracket:
         return self.below + inside
 
 
+def _unique(values: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values and their total weights (counts when unweighted)."""
+    unique, inverse = np.unique(values, return_inverse=True)
+    counts = np.bincount(inverse, weights=weights, minlength=unique.size)
+    return unique, counts.astype(np.int64)
+
+
 def _f32_down(x: float) -> float:
     y = np.float32(x)
     return float(y if y <= x else np.nextafter(y, np.float32(-np.inf)))
@@ -328,11 +448,11 @@ def _f32_up(x: float) -> float:
     return float(y if y >= x else np.nextafter(y, np.float32(np.inf)))
 
 
-def _add_to_brackets(brackets: list[_Bracket], v: np.ndarray, w: np.ndarray | None) -> None:
+def _add_to_brackets(brackets: list[_Bracket], block: _Block, group: str, index: int) -> None:
     if brackets:
-        v32 = v.astype(np.float32)
+        view = block.view(group, index)
         for b in brackets:
-            b.add(v, w, v32)
+            b.add(view)
 
 
 class _Dim:
@@ -349,26 +469,16 @@ class _Dim:
         self.values: np.ndarray | None = None  # memory mode: sorted values
         self.cum: np.ndarray | None = None  # memory mode: cumulative weights (None: unweighted)
 
-    def add_moments(self, v: np.ndarray, w: np.ndarray | None) -> None:
-        if v.size == 0:
+    def merge(self, nb: int, mb: float, m2b: float, low: float, high: float) -> None:
+        """Chan et al.'s merge of a block's (count, mean, M2) into the running ones; min/max too."""
+        if nb == 0:
             return
-        if w is None:
-            nb = v.size
-            mb = float(v.mean())
-            d = v - mb
-            m2b = float(np.square(d, out=d).sum())
-        else:
-            nb = int(w.sum())
-            mb = float((v * w).sum() / nb)
-            d = v - mb
-            m2b = float((w * d * d).sum())
         n = self.n + nb
         delta = mb - self.mean
         self.mean += delta * nb / n
         self.m2 += m2b + delta * delta * self.n * nb / n
         self.n = n
-        self.min = min(self.min, float(v.min()))
-        self.max = max(self.max, float(v.max()))
+        self.min, self.max = min(self.min, low), max(self.max, high)
 
     def finish_memory(self) -> None:
         values = np.concatenate([v for v, _ in self.kept])
@@ -437,7 +547,7 @@ def _hist_order_stat(b: _Bracket, r: int) -> float:
 
 
 def compute_chunk_stats(
-    episodes: Callable[[], Iterable[Episode]],
+    episodes: Callable[[], Iterable[Episode | Episodes]],
     lengths: Sequence[int],
     *,
     state_dim: int,
@@ -454,7 +564,8 @@ def compute_chunk_stats(
     """Statistics of state (per frame) and actions (per chunk timestep, after delta) for every dim.
 
     Args:
-        episodes: called once per pass; yields the episodes (same order every time).
+        episodes: called once per pass; yields Episode or Episodes (runs of whole episodes, e.g. one
+            data file), the same every time.
         lengths: the episodes' lengths (to plan sampling and memory before reading).
         state_dim, action_dim: dims of the concatenated state / action vectors.
         horizon: action chunk length H.
@@ -515,10 +626,10 @@ def compute_chunk_stats(
         block.check_finite()
         for d in dims:
             if d.mode in ("memory", "hist"):
+                d.merge(*block.moments(d.group, d.index))
+            if d.mode == "memory":
                 v, w = block.values(d.group, d.index)
-                d.add_moments(v, w)
-                if d.mode == "memory":
-                    d.kept.append((v.copy(), w))
+                d.kept.append((v.copy(), w))
         for g in need_sample:
             samples[g].append(block.sample(g, rates[g], rng))
 
@@ -540,10 +651,9 @@ def compute_chunk_stats(
 
         def pass_two(block: _Block) -> None:
             for d in second:
-                v, w = block.values(d.group, d.index)
                 if d.mode == "stream":
-                    d.add_moments(v, w)
-                _add_to_brackets(d.brackets, v, w)
+                    d.merge(*block.moments(d.group, d.index))
+                _add_to_brackets(d.brackets, block, d.group, d.index)
 
         run_pass(pass_two)
         passes += 1
@@ -570,8 +680,7 @@ def compute_chunk_stats(
 
         def pass_refine(block: _Block, fresh=fresh) -> None:
             for d, brackets in fresh.items():
-                v, w = block.values(d.group, d.index)
-                _add_to_brackets(brackets, v, w)
+                _add_to_brackets(brackets, block, d.group, d.index)
 
         run_pass(pass_refine)
         passes += 1

@@ -95,7 +95,7 @@ def compute_norm_stats(
         ValueError: the dataset does not fit the config type, unknown episodes, no frames, NaN/inf in a
             state or action value (naming key, episode and frame), or bad arguments.
     """
-    from data_adapters.config_types import ConfigType, get_config_type, validate_against_dataset
+    from data_adapters.config_types import ConfigType, get_config_type
     from data_adapters.lerobot_format import fingerprint, read_meta
     from data_adapters.normalization import NormStats
 
@@ -105,10 +105,6 @@ def compute_norm_stats(
             f"min_scale must be > 0 and max_abs_normalized >= 1, got {min_scale}, {max_abs_normalized}"
         )
     root = Path(dataset_root)
-    meta = read_meta(root)
-    validate_against_dataset(cfg, meta.info)
-    selected = meta.select(episodes)
-    episode_ids = [ep.index for ep in selected]
     settings = {
         "stats_version": STATS_VERSION,
         "state_keys": list(cfg.state_keys),
@@ -121,8 +117,10 @@ def compute_norm_stats(
         "min_scale": min_scale,
         "max_abs_normalized": max_abs_normalized,
     }
+    # The key needs only the fingerprint (meta files + data file sizes), so a hit reads no data at all.
     dataset_fingerprint = fingerprint(root)
-    key = cache_key({**settings, "fingerprint": dataset_fingerprint, "episodes": episode_ids})
+    wanted = "all" if episodes is None else sorted({int(e) for e in episodes})
+    key = cache_key({**settings, "fingerprint": dataset_fingerprint, "episodes": wanted})
     cached = cache_dir_for("norm_stats", cache_dir) / f"{key}.json"
     if use_cache and cached.is_file():
         log.info("norm stats: cache hit %s", cached)
@@ -130,6 +128,10 @@ def compute_norm_stats(
             atomic_copy(cached, out_path)
         return NormStats.load(cached)
 
+    meta = read_meta(root)
+    _check_numeric_schema(cfg, meta)
+    selected = meta.select(episodes)
+    episode_ids = [ep.index for ep in selected]
     from steps.chunk_stats import compute_chunk_stats
 
     started = time.perf_counter()
@@ -190,6 +192,23 @@ def compute_norm_stats(
     return stats
 
 
+def _check_numeric_schema(cfg, meta) -> None:
+    """The state and action keys exist, are numeric and have the config type's dims.
+
+    Only what statistics need: cameras are checked by the fetch step, so a numeric-only copy of a
+    dataset gets statistics too.
+    """
+    for role, keys, dim_name, dim in (
+        ("state", cfg.state_keys, "state_dim", cfg.state_dim),
+        ("action", cfg.action_keys, "action_dim", cfg.action_dim),
+    ):
+        meta.require_keys(keys, role=f"config type {cfg.name!r} {role}")
+        dims = {key: meta.feature_dim(key) for key in keys}
+        if sum(dims.values()) != dim:
+            raise ValueError(f"config type {cfg.name!r}: {role} keys {dims} of {meta.root} sum to "
+                             f"{sum(dims.values())} dims, but {dim_name} is {dim}")  # fmt: skip
+
+
 def dim_labels(features: dict, keys: Sequence[str]) -> list[str]:
     """One label per concatenated dim: ``key[i]``, plus the feature's own name for it when it has one."""
     labels = []
@@ -210,10 +229,11 @@ def dim_labels(features: dict, keys: Sequence[str]) -> list[str]:
 def _episode_source(meta, selected, state_keys, action_keys, *, keep_bytes: int) -> Callable[[], Iterator]:
     """A re-iterable source of episodes (state, actions in float64), reading one data file at a time.
 
-    The numeric columns of small selections are kept in memory after the first pass (they are tiny next
-    to images: 8 bytes per value); larger ones are read again from the parquet files on each pass.
+    Yields one run of episodes per data file. The numeric columns of small selections are kept in memory
+    after the first pass (they are tiny next to images: 8 bytes per value); larger ones are read again
+    from the parquet files on each pass.
     """
-    from steps.chunk_stats import Episode
+    from steps.chunk_stats import Episodes
 
     keys = list(dict.fromkeys([*state_keys, *action_keys]))
     offsets, width = {}, 0
@@ -222,7 +242,9 @@ def _episode_source(meta, selected, state_keys, action_keys, *, keep_bytes: int)
         width += meta.feature_dim(key)
 
     def columns(ks):
-        return np.concatenate([np.arange(meta.feature_dim(k)) + offsets[k] for k in ks])
+        cols = np.concatenate([np.arange(meta.feature_dim(k)) + offsets[k] for k in ks])
+        contiguous = np.array_equal(cols, np.arange(cols[0], cols[0] + cols.size))
+        return slice(int(cols[0]), int(cols[0]) + cols.size) if contiguous else cols
 
     state_cols, action_cols = columns(state_keys), columns(action_keys)
     by_file: dict[str, list] = {}
@@ -232,9 +254,16 @@ def _episode_source(meta, selected, state_keys, action_keys, *, keep_bytes: int)
     def read() -> Iterator:
         for rel, eps in by_file.items():
             values = read_numeric_file(meta, rel, eps, keys)
-            for ep in eps:
-                rows = values[ep.row_start : ep.row_stop]
-                yield Episode(ep.index, rows[:, state_cols], rows[:, action_cols])
+            if all(a.row_stop == b.row_start for a, b in zip(eps, eps[1:])):
+                values = values[eps[0].row_start : eps[-1].row_stop]
+            else:  # some episodes of the file are held out
+                values = values[np.concatenate([np.arange(ep.row_start, ep.row_stop) for ep in eps])]
+            yield Episodes(
+                np.array([ep.index for ep in eps]),
+                np.array([ep.length for ep in eps]),
+                values[:, state_cols],
+                values[:, action_cols],
+            )
 
     if sum(ep.length for ep in selected) * width * 8 > keep_bytes:
         return read
@@ -244,9 +273,9 @@ def _episode_source(meta, selected, state_keys, action_keys, *, keep_bytes: int)
         if kept:
             yield from kept
             return
-        for ep in read():
-            kept.append(ep)
-            yield ep
+        for run in read():
+            kept.append(run)
+            yield run
 
     return read_once
 
@@ -280,7 +309,9 @@ def read_numeric_file(meta, rel: str, episodes, keys: Sequence[str]) -> np.ndarr
             raise DatasetFormatError(f"columns {missing} missing from data file {path} ({where}); "
                                      f"columns: {sorted(present)}")  # fmt: skip
         extra = [c for c in ("episode_index", "frame_index") if c in present]
-        table = pq.read_table(path, columns=[*keys, *extra])
+        # ParquetFile.read skips the dataset layer of read_table: ~3x faster on files with one row
+        # group per episode (LeRobot's layout).
+        table = pq.ParquetFile(path).read(columns=[*keys, *extra])
     except (OSError, pa.ArrowException) as err:
         raise DatasetFormatError(f"corrupt parquet file {path} ({where}): {err}") from err
     blocks = []

@@ -48,8 +48,9 @@ def expand(episodes, horizon, delta_mask):
     return np.concatenate(states), np.concatenate(chunks)
 
 
-def random_episodes(rng, lengths, state_dim, action_dim, *, ties=True):
-    """Heterogeneous episodes (own offset and scale each), float32-representable, some tied values."""
+def random_episodes(rng, lengths, state_dim, action_dim, *, ties=True, float32=True):
+    """Heterogeneous episodes (own offset and scale each), some tied values; float32-representable
+    (as LeRobot data) unless ``float32=False``, which takes the engine's float64 path."""
     out = []
     for i, t in enumerate(lengths):
         scale = 10.0 ** rng.uniform(-2, 1)
@@ -57,8 +58,9 @@ def random_episodes(rng, lengths, state_dim, action_dim, *, ties=True):
         actions = state[:, np.arange(action_dim) % state_dim] + 0.1 * scale * rng.normal(size=(t, action_dim))
         if ties:
             actions[:, -1] = np.sign(actions[:, -1])  # a gripper: only -1 / +1
-        out.append(Episode(i, state.astype(np.float32).astype(np.float64),
-                           actions.astype(np.float32).astype(np.float64)))  # fmt: skip
+        if float32:
+            state, actions = state.astype(np.float32).astype(np.float64), actions.astype(np.float32).astype(np.float64)
+        out.append(Episode(i, state, actions))
     return out
 
 
@@ -116,9 +118,11 @@ ENGINE_CASES = {
 
 @pytest.mark.parametrize("case", ENGINE_CASES)
 @pytest.mark.parametrize("memory_budget", [1 << 30, 1])  # in memory / streamed with tiny brackets
-def test_exact_mode_matches_numpy(case, memory_budget):
+@pytest.mark.parametrize("float32", [True, False])
+def test_exact_mode_matches_numpy(case, memory_budget, float32):
     lengths, horizon, state_dim, delta = ENGINE_CASES[case]
-    episodes = random_episodes(np.random.default_rng(len(lengths)), lengths, state_dim, len(delta))
+    rng = np.random.default_rng(len(lengths))
+    episodes = random_episodes(rng, lengths, state_dim, len(delta), float32=float32)
     result = compute_chunk_stats(
         lambda: iter(episodes), lengths, state_dim=state_dim, action_dim=len(delta), horizon=horizon,
         delta_mask=delta, memory_budget_bytes=memory_budget, sample_size=200, block_values=500,
@@ -164,11 +168,11 @@ def test_engine_rejects_nan_naming_episode_and_frame():
 # -- the step on LeRobot datasets ----------------------------------------------------------------------
 
 
-def write_dataset(root, cfg, episodes, *, version="v3.0", names=None):
+def write_dataset(root, cfg, episodes, *, version="v3.0", names=None, cameras=True):
     """A LeRobot dataset in cfg's schema (single state / action key) holding the given numbers."""
     features = {cfg.state_keys[0]: {"dtype": "float32", "shape": (cfg.state_dim,), "names": names},
                 cfg.action_keys[0]: {"dtype": "float32", "shape": (cfg.action_dim,), "names": None}}  # fmt: skip
-    cameras = cfg.camera_keys
+    cameras = cfg.camera_keys if cameras else ()
     features.update({k: {"dtype": "image", "shape": (4, 4, 3), "names": ["height", "width", "channels"]}
                      for k in cameras})  # fmt: skip
     with LeRobotWriter(root, fps=10, features=features, version=version) as writer:
@@ -359,10 +363,24 @@ def test_bad_inputs_are_named(libero_like, tmp_path):
     cfg, root, _ = libero_like
     with pytest.raises(ValueError, match=r"episodes \[99\] are not in dataset"):
         compute_norm_stats(cfg, root, [0, 99], cache_dir=tmp_path)
-    with pytest.raises(ValueError, match="'observation.image', which the dataset does not have"):
+    with pytest.raises(ValueError, match="state key 'observation.state' is not a feature.*existing keys"):
         compute_norm_stats("pi05_metaworld", root, None, cache_dir=tmp_path)
+    with pytest.raises(
+        ValueError, match=r"action keys \{'actions': 7\} .* sum to 7 dims, but action_dim is 6"
+    ):
+        compute_norm_stats(dataclasses.replace(cfg, action_dim=6, delta_mask=(False,) * 6), root, None,
+                           cache_dir=tmp_path)  # fmt: skip
     with pytest.raises(ValueError, match="method must be one of"):
         compute_norm_stats(cfg, root, None, cache_dir=tmp_path, method="median")
+
+
+def test_numeric_only_dataset_needs_no_cameras(tmp_path):
+    cfg = get_config_type("pi0_libero")
+    episodes = random_episodes(np.random.default_rng(4), [30, 70], 8, 7)
+    root = write_dataset(tmp_path / "ds", cfg, episodes, cameras=False, version="v2.0")
+    stats = compute_norm_stats(cfg, root, None, cache_dir=tmp_path / "cache")
+    _, actions = expand(episodes, cfg.action_horizon, cfg.delta_mask)
+    np.testing.assert_array_equal(stats.actions.q50, np.quantile(actions, 0.5, axis=0).astype(np.float32))
 
 
 def test_dim_labels_use_feature_names():
