@@ -26,8 +26,10 @@ How, without materialising N x H x D values:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -249,6 +251,11 @@ class _Block:
             return _View(v32.reshape(-1), None, pick)
         v, w = self.values(group, dim)
         return _View(v.astype(np.float32), w, lambda mask: (v[mask], None if w is None else w[mask]))
+
+    def prepare(self) -> None:
+        """Build the lazily cached helpers now (before several threads use the block)."""
+        self._padding()
+        _ = self.mult, self.float32_data
 
     @property
     def float32_data(self) -> bool:
@@ -560,6 +567,7 @@ def compute_chunk_stats(
     hist_bins: int = 1 << 14,
     block_values: int = 1 << 18,
     seed: int = 0,
+    workers: int = 1,
 ) -> ChunkStats:
     """Statistics of state (per frame) and actions (per chunk timestep, after delta) for every dim.
 
@@ -576,6 +584,7 @@ def compute_chunk_stats(
         sample_size: sample per group used to bracket quantile ranks in streaming mode.
         hist_bins: bins of histogram brackets (method "histogram", or narrowing a missed bracket).
         block_values: about how many chunk values of one dim are expanded at a time.
+        workers: threads that process the dims of a block in parallel (results do not depend on it).
 
     Raises:
         ValueError: NaN/inf in the data (naming episode and frame), bad arguments, or no frames.
@@ -612,9 +621,23 @@ def compute_chunk_stats(
     streamed = [d for d in dims if d.mode == "stream"]
     cap = max(256, int(memory_budget_bytes // 2 // max(1, len(streamed) * len(QUANTILES)) // 16))
 
-    def run_pass(work: Callable[[_Block], None]) -> None:
-        for block in _blocks(episodes(), block_frames, horizon, delta):
-            work(block)
+    def run_pass(
+        work: Callable[[_Block], None],
+        per_dim: Callable[[_Block, _Dim], None] | None = None,
+        dims_of_pass: Sequence[_Dim] = (),
+    ) -> None:
+        threaded = workers > 1 and len(dims_of_pass) > 1
+        with ThreadPoolExecutor(workers) if threaded else contextlib.nullcontext() as pool:
+            for block in _blocks(episodes(), block_frames, horizon, delta):
+                work(block)
+                if pool is None:
+                    for d in dims_of_pass:
+                        per_dim(block, d)
+                else:
+                    # Dims are independent and numpy releases the GIL in its loops: spread them over
+                    # threads. The block's shared helpers are built first so no thread races for them.
+                    block.prepare()
+                    list(pool.map(lambda d, block=block: per_dim(block, d), dims_of_pass))
 
     # Pass 1: memory dims in full (moments + values), the raw-data checks, and the samples.
     rng = np.random.default_rng(seed)
@@ -649,13 +672,12 @@ def compute_chunk_stats(
     second = [d for d in dims if d.mode != "memory"]
     if second:
 
-        def pass_two(block: _Block) -> None:
-            for d in second:
-                if d.mode == "stream":
-                    d.merge(*block.moments(d.group, d.index))
-                _add_to_brackets(d.brackets, block, d.group, d.index)
+        def pass_two(block: _Block, d: _Dim) -> None:
+            if d.mode == "stream":
+                d.merge(*block.moments(d.group, d.index))
+            _add_to_brackets(d.brackets, block, d.group, d.index)
 
-        run_pass(pass_two)
+        run_pass(lambda block: None, pass_two, second)
         passes += 1
         for d in second:
             for b in d.brackets:
@@ -678,11 +700,10 @@ def compute_chunk_stats(
         for d, brackets in fresh.items():
             d.brackets += brackets
 
-        def pass_refine(block: _Block, fresh=fresh) -> None:
-            for d, brackets in fresh.items():
-                _add_to_brackets(brackets, block, d.group, d.index)
+        def pass_refine(block: _Block, d: _Dim, fresh=fresh) -> None:
+            _add_to_brackets(fresh[d], block, d.group, d.index)
 
-        run_pass(pass_refine)
+        run_pass(lambda block: None, pass_refine, list(fresh))
         passes += 1
         for brackets in fresh.values():
             for b in brackets:
