@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.policy_helpers, run as a script
 
 import numpy as np
 
@@ -94,7 +97,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=1, help="generation episodes per task")
     args = parser.parse_args()
     tasks = tuple(args.tasks.split(","))
-    rows = []
+    print("| measure | median |\n| --- | --- |", flush=True)
+
+    def report(name: str, value: float) -> None:
+        print(f"| {name} | {value:.3g} |", flush=True)
 
     def med(fn, *a):
         values = [fn(*a) for _ in range(args.repeats)]
@@ -102,19 +108,16 @@ def main() -> None:
 
     for res in (224, 480):
         ms, _ = med(render_ms, res)
-        rows.append((f"render {res}² (ms/frame)", ms))
+        report(f"render {res}² (ms/frame)", ms)
     for res in (224, 480):
         fps, values = med(generation_fps, tasks, res, args.episodes)
-        rows.append((f"generation {res}² (frames/s, {values[0][1]} frames)", fps))
+        report(f"generation {res}² (frames/s, {values[0][1]} frames)", fps)
     per_min, _ = med(eval_episodes_per_min, TrivialImagePolicy(), tasks, 2, 224)
-    rows.append(("evaluation, trivial image policy, 224², 150 steps (episodes/min)", per_min))
+    report("evaluation, trivial image policy, 224², 150 steps (episodes/min)", per_min)
     per_min, _ = med(eval_episodes_per_min, TrivialBlindPolicy(), tasks, 2, 224)
-    rows.append(("evaluation, no rendering, 150 steps (episodes/min)", per_min))
+    report("evaluation, no rendering, 150 steps (episodes/min)", per_min)
     per_min, _ = med(eval_episodes_per_min, tiny_policy(), tasks, 2, 224)
-    rows.append(("evaluation, tiny pi05_metaworld Policy.predict, 224², 150 steps (episodes/min)", per_min))
-    print("| measure | median |\n| --- | --- |")
-    for name, value in rows:
-        print(f"| {name} | {value:.3g} |")
+    report("evaluation, tiny pi05_metaworld Policy.predict, 224², 150 steps (episodes/min)", per_min)
 
 
 if __name__ == "__main__":
