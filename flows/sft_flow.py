@@ -232,7 +232,8 @@ class SFTFlow(FlowSpec):
         workdir = default_cache_dir() / "runs" / self.lineage_id / "evaluate"
         export_dir = train_launch.local_export(self.export_uri, workdir)
         with _timed(self, "evaluate"):
-            result = evaluate_export(export_dir, self.fetched["path"], self.fetched["val_episodes"],
+            dataset_root = train_launch.node_dataset_root(self.plan, self.fetched)
+            result = evaluate_export(export_dir, dataset_root, self.fetched["val_episodes"],
                                      max_samples=self.plan["eval_samples"],
                                      device="cuda" if self.cluster.gpus_per_node else "cpu")  # fmt: skip
         self.eval_metrics = result.metrics
@@ -246,7 +247,8 @@ class SFTFlow(FlowSpec):
 
     @step
     def register(self):
-        """Register the exported model (idempotent per lineage) with lineage tags; alias ``candidate``."""
+        """Register the exported model (idempotent per lineage) with lineage tags; alias ``candidate``;
+        close the MLflow run (here rather than in ``end``, which then needs no MLflow import)."""
         from steps import register, tracking, train_launch
         from steps.run_assets import default_cache_dir
 
@@ -267,20 +269,18 @@ class SFTFlow(FlowSpec):
                 model_dir=export_dir, run_id=self.mlflow_run_id, lineage_id=self.lineage_id, tags=tags,
                 metrics=self.eval_metrics,
             )  # fmt: skip
+            # The MLflow run points at the Metaflow run that finished it (a resume is a new Metaflow run).
+            tracking.set_tags(self.tracking_uri, self.mlflow_run_id,
+                              {tracking.PATHSPEC_TAG: f"{current.flow_name}/{current.run_id}",
+                               "metaflow.origin_run_id": current.origin_run_id or ""})  # fmt: skip
+            tracking.finish_run(self.tracking_uri, self.mlflow_run_id)
         self.model_version = {"name": version.name, "version": version.version, "source": version.source,
                               "alias": version.alias, "created": version.created}  # fmt: skip
         self.next(self.end)
 
     @step
     def end(self):
-        """Close the MLflow run and say where everything is."""
-        from steps import tracking
-
-        # The MLflow run points at the Metaflow run that finished it (a resume is a new Metaflow run).
-        tracking.set_tags(self.tracking_uri, self.mlflow_run_id,
-                          {tracking.PATHSPEC_TAG: f"{current.flow_name}/{current.run_id}",
-                           "metaflow.origin_run_id": current.origin_run_id or ""})  # fmt: skip
-        tracking.finish_run(self.tracking_uri, self.mlflow_run_id)
+        """Say where everything is."""
         mv = self.model_version
         print(f"model {mv['name']} version {mv['version']} (alias {mv['alias']}) · MLflow run {self.mlflow_run_id}\n"
               f"metrics {json.dumps(self.eval_metrics)}\n"

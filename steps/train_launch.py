@@ -56,10 +56,14 @@ def prepare_node_inputs(
     norm_path.write_text(json.dumps(norm_stats, indent=2) + "\n")
     tok_path = workdir / "tokenizer.model"
     tok_path.write_bytes(tokenizer_model)
-    dataset_root = fetched["path"]
-    if not (Path(dataset_root) / "meta" / "info.json").is_file():
-        dataset_root = _refetch(plan, fetched)
-    return NodeInputs(str(dataset_root), str(norm_path), str(tok_path))
+    return NodeInputs(node_dataset_root(plan, fetched), str(norm_path), str(tok_path))
+
+
+def node_dataset_root(plan: dict, fetched: dict) -> str:
+    """The dataset on this machine: fetch_data's folder when it is here, else fetched again by id."""
+    if (Path(fetched["path"]) / "meta" / "info.json").is_file():
+        return fetched["path"]
+    return _refetch(plan, fetched)
 
 
 def _refetch(plan: dict, fetched: dict) -> str:

@@ -349,3 +349,67 @@ def test_failure_in_train_then_resume_continues_from_checkpoint(tmp_path):
     assert info["train_result"]["resumed_from"] == 4
     assert info["train_result"]["final_step"] == info["plan"]["max_steps"]
     _mlflow_checks(tmp_path, info, expect_world_size=1)
+
+
+# --- flow plumbing (fast) ------------------------------------------------------------------------------
+
+
+def test_cluster_config_defaults_and_errors():
+    from flows.cluster import ClusterConfigError, parse_cluster
+
+    cfg = parse_cluster("")
+    assert cfg["nodes"] == 1 and cfg["procs_per_node"] == 1 and cfg["eval_gpus"] == 0
+    gpu = parse_cluster('{"nodes": 2, "gpus_per_node": 8}')
+    assert gpu["procs_per_node"] == 8 and gpu["eval_gpus"] == 1
+    assert parse_cluster("nodes: 3\nbackend: kubernetes\nimage: reg/vla:1\n")["nodes"] == 3
+    with pytest.raises(ClusterConfigError, match=r"unknown key\(s\) \['gpu'\]"):
+        parse_cluster('{"gpu": 1}')
+    with pytest.raises(ClusterConfigError, match="nodes must be an integer >= 1"):
+        parse_cluster('{"nodes": 0}')
+    with pytest.raises(ClusterConfigError, match="multi-node remote run needs an image"):
+        parse_cluster('{"nodes": 2, "backend": "batch"}')
+
+
+def test_train_config_from_plan_with_options_and_fault_injection(tmp_path, monkeypatch):
+    from steps import train_launch
+
+    plan = validate_run_inputs(config_type="pi05_metaworld", demo=True, lora=True, lora_rank=8,
+                               tracking_uri=f"sqlite:///{tmp_path}/m.db").to_dict()  # fmt: skip
+    inputs = train_launch.NodeInputs("/data", "/ns.json", "/tok.model")
+    kwargs = dict(train_episodes=[0, 1], val_episodes=[2], checkpoint_dir="s3://bucket/ckpt/L1",
+                  export_dir="/tmp/export", metrics_file=None, tracking_uri=None)  # fmt: skip
+    monkeypatch.delenv(train_launch.FAULT_ENV, raising=False)
+    config = train_launch.build_train_config(plan, inputs, options={"seed": 3}, **kwargs)
+    assert config.model_variant == "tiny" and config.lora.rank == 8 and config.seed == 3
+    assert config.max_steps == plan["max_steps"] and config.fail_after_step is None and not config.mlflow
+    monkeypatch.setenv(train_launch.FAULT_ENV, "4")
+    assert train_launch.build_train_config(plan, inputs, **kwargs).fail_after_step == 4
+    assert train_launch.export_dir_for("s3://bucket/ckpt/L1", tmp_path) == str(tmp_path / "export")
+    assert train_launch.export_dir_for("/ckpt/L1", tmp_path) == "/ckpt/L1/export"
+    with pytest.raises(ValueError, match=r"--train_options: unknown TrainConfig field\(s\) \['sed'\]"):
+        train_launch.check_train_options({"sed": 3})
+    with pytest.raises(ValueError, match=r"set by the flow itself"):
+        train_launch.check_train_options({"checkpoint_dir": "/x"})
+
+
+def test_tokenizer_specs(tmp_path):
+    from steps.run_assets import check_tokenizer_spec, resolve_tokenizer
+
+    path = resolve_tokenizer("tiny", cache_dir=tmp_path)
+    assert path.is_file() and resolve_tokenizer("tiny", cache_dir=tmp_path) == path  # cached
+    assert resolve_tokenizer(str(path)) == path
+    with pytest.raises(ValueError, match="--tokenizer: .* is not a file"):
+        check_tokenizer_spec(str(tmp_path / "missing.model"))
+    with pytest.raises(ValueError, match="hf://<org>/<repo>/<file>"):
+        check_tokenizer_spec("hf://google/paligemma")
+
+
+def test_cluster_backend_puts_every_step_on_kubernetes(tmp_path):
+    """`backend: kubernetes` in the cluster Config decorates every step (checked offline with `show`)."""
+    cluster = '{"backend": "kubernetes", "image": "registry/vla-sft:1", "nodes": 2, "gpus_per_node": 8}'
+    env = flow_env(tmp_path, METAFLOW_DATASTORE_SYSROOT_S3="s3://bucket/metaflow")
+    result = run_flow(tmp_path, "--datastore", "s3", "--config-value", "cluster", cluster, "show", env=env,
+                      timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("\nStep ") == 8
+    assert result.stdout.count("@kubernetes") == 8
