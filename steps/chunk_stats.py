@@ -154,6 +154,8 @@ class _View:
     v32: np.ndarray
     weights: np.ndarray | None
     pick: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+    # True when v32 holds the values exactly (float32 data, no delta subtraction).
+    exact32: bool = False
 
 
 def _window_min_max(x: np.ndarray, starts: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
@@ -177,14 +179,18 @@ class _Block:
         one = len(runs) == 1
         self.indices = runs[0].indices if one else np.concatenate([r.indices for r in runs])
         self.lengths = runs[0].lengths if one else np.concatenate([r.lengths for r in runs])
-        self.state = runs[0].state if one else np.concatenate([r.state for r in runs])
-        self.actions = runs[0].actions if one else np.concatenate([r.actions for r in runs])
+        # Runs may hold float32 (as stored): the block works in float64.
+        self.state = np.asarray(runs[0].state if one else np.concatenate([r.state for r in runs]), np.float64)
+        self.actions = np.asarray(
+            runs[0].actions if one else np.concatenate([r.actions for r in runs]), np.float64
+        )
         self.n = int(self.lengths.sum())
         self.horizon = horizon
         self.delta = delta
         self._mult: np.ndarray | None = None
         self._windows: tuple[np.ndarray, ...] | None = None
-        self._float32: bool | None = None
+        stored32 = all(r.state.dtype == np.float32 and r.actions.dtype == np.float32 for r in runs)
+        self._float32: bool | None = True if stored32 else None
 
     def check_finite(self) -> None:
         for name, x in (("state", self.state), ("actions", self.actions)):
@@ -250,7 +256,8 @@ class _Block:
 
             return _View(v32.reshape(-1), None, pick)
         v, w = self.values(group, dim)
-        return _View(v.astype(np.float32), w, lambda mask: (v[mask], None if w is None else w[mask]))
+        exact32 = self.float32_data and not (group == "actions" and self.delta[dim])
+        return _View(v.astype(np.float32), w, lambda mask: (v[mask], None if w is None else w[mask]), exact32)
 
     def prepare(self) -> None:
         """Build the lazily cached helpers now (before several threads use the block)."""
@@ -339,7 +346,7 @@ def _blocks(
 # -- per-dim accumulation ----------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class _Bracket:
     """Values in [lo, hi] of one dim: counted exactly, and kept ("collect") or binned ("hist")."""
 
@@ -369,6 +376,18 @@ class _Bracket:
         below = view.v32 < self._lo32
         inside = view.v32 <= self._hi32
         inside ^= below
+        if view.exact32 and self.lo == self.hi and self.kind == "collect":
+            # Every value inside equals lo (the float32 copy is exact): count, keep nothing.
+            w = view.weights
+            n_below = int(np.count_nonzero(below)) if w is None else int(w[below].sum())
+            n_inside = int(np.count_nonzero(inside)) if w is None else int(w[inside].sum())
+            self.below, self.inside = self.below + n_below, self.inside + n_inside
+            if n_inside and not self.overflow:
+                self.kept.append((np.array([self.lo]), np.array([n_inside], dtype=np.int64)))
+                self._kept_size += 1
+                if self._kept_size > 64:
+                    self._compress()
+            return
         picked, picked_w = view.pick(inside)
         if view.weights is None:
             self.below += int(np.count_nonzero(below))
@@ -381,15 +400,25 @@ class _Bracket:
                 self.hist = np.zeros(self.bins, dtype=np.int64)
             counts = np.bincount(self._bin(picked), weights=picked_w, minlength=self.bins)
             self.hist += counts.astype(np.int64)
-        elif not self.overflow:
-            if picked.size > max(4096, view.v32.size // 16):
-                # Far more values than a sample bracket should hold: ties (a gripper at +-1, a dim
-                # that rarely moves). Keep them as (value, count) pairs right away.
-                picked, picked_w = _unique(picked, picked_w)
-            self.kept.append((picked, picked_w))
-            self._kept_size += picked.size
-            if self._kept_size > self.cap:
-                self._compress()
+        else:
+            self.keep(picked, picked_w, view.v32.size, counted=True)
+
+    def keep(
+        self, picked: np.ndarray, picked_w: np.ndarray | None, block_size: int, counted: bool = False
+    ) -> None:
+        """Keep the values found inside (and count them, unless ``add`` already did)."""
+        if not counted:
+            self.inside += picked.size if picked_w is None else int(picked_w.sum())
+        if self.overflow:
+            return
+        if picked.size > max(4096, block_size // 16):
+            # Far more values than a sample bracket should hold: ties (a gripper at +-1, a dim that
+            # rarely moves). Keep them as (value, count) pairs right away.
+            picked, picked_w = _unique(picked, picked_w)
+        self.kept.append((picked, picked_w))
+        self._kept_size += picked.size
+        if self._kept_size > self.cap:
+            self._compress()
 
     def _compress(self) -> None:
         values = np.concatenate([v for v, _ in self.kept])
@@ -415,7 +444,7 @@ class _Bracket:
             order = np.argsort(values, kind="stable")
             self._values, self._weights = values[order], np.cumsum(weights[order])
         else:
-            self._values = np.sort(values)
+            self._values = values  # unsorted: selection and counting need no full sort
         self.kept, self._kept_size = [], 0
 
     @property
@@ -428,14 +457,15 @@ class _Bracket:
     def value_at(self, r: int) -> float:
         local = r - self.below
         if self._weights is None:
-            return float(self._values[local])
+            return float(np.partition(self._values, local)[local])
         return float(self._values[np.searchsorted(self._weights, local, side="right")])
 
     def count_le(self, x: float, strict: bool) -> int:
         """Values < x (strict) or <= x, valid for lo <= x <= hi."""
+        if self._weights is None:
+            return self.below + int(np.count_nonzero(self._values < x if strict else self._values <= x))
         pos = int(np.searchsorted(self._values, x, side="left" if strict else "right"))
-        inside = pos if self._weights is None else (int(self._weights[pos - 1]) if pos else 0)
-        return self.below + inside
+        return self.below + (int(self._weights[pos - 1]) if pos else 0)
 
 
 def _unique(values: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -456,10 +486,29 @@ def _f32_up(x: float) -> float:
 
 
 def _add_to_brackets(brackets: list[_Bracket], block: _Block, group: str, index: int) -> None:
-    if brackets:
-        view = block.view(group, index)
-        for b in brackets:
+    if not brackets:
+        return
+    view = block.view(group, index)
+    fast = [b for b in brackets if b.kind == "collect" and not b.overflow] if view.weights is None else []
+    for b in brackets:
+        if b not in fast:
             b.add(view)
+    if not fast:
+        return
+    # Unweighted values (delta chunks): count below each bracket, but find the positions of all values
+    # inside any bracket with one scan, then sort them into brackets on that small set.
+    union = np.zeros(view.v32.shape, dtype=bool)
+    for b in fast:
+        below = view.v32 < b._lo32
+        b.below += int(np.count_nonzero(below))
+        inside = view.v32 <= b._hi32
+        inside ^= below
+        union |= inside
+    picked, _ = view.pick(union)
+    picked32 = view.v32[union]
+    for b in fast:
+        mine = (picked32 >= b._lo32) & (picked32 <= b._hi32)
+        b.keep(picked[mine], None, len(view.v32))
 
 
 class _Dim:
@@ -565,7 +614,7 @@ def compute_chunk_stats(
     memory_budget_bytes: int = 1 << 30,
     sample_size: int = 1 << 18,
     hist_bins: int = 1 << 14,
-    block_values: int = 1 << 18,
+    block_values: int = 1 << 20,
     seed: int = 0,
     workers: int = 1,
 ) -> ChunkStats:

@@ -230,7 +230,7 @@ def _episode_source(meta, selected, state_keys, action_keys, *, keep_bytes: int)
     """A re-iterable source of episodes (state, actions in float64), reading one data file at a time.
 
     Yields one run of episodes per data file. The numeric columns of small selections are kept in memory
-    after the first pass (they are tiny next to images: 8 bytes per value); larger ones are read again
+    after the first pass (they are tiny next to images: 4 bytes per value as stored); larger ones are read again
     from the parquet files on each pass.
     """
     from steps.chunk_stats import Episodes
@@ -254,10 +254,6 @@ def _episode_source(meta, selected, state_keys, action_keys, *, keep_bytes: int)
     def read() -> Iterator:
         for rel, eps in by_file.items():
             values = read_numeric_file(meta, rel, eps, keys)
-            if all(a.row_stop == b.row_start for a, b in zip(eps, eps[1:])):
-                values = values[eps[0].row_start : eps[-1].row_stop]
-            else:  # some episodes of the file are held out
-                values = values[np.concatenate([np.arange(ep.row_start, ep.row_stop) for ep in eps])]
             yield Episodes(
                 np.array([ep.index for ep in eps]),
                 np.array([ep.length for ep in eps]),
@@ -265,7 +261,7 @@ def _episode_source(meta, selected, state_keys, action_keys, *, keep_bytes: int)
                 values[:, action_cols],
             )
 
-    if sum(ep.length for ep in selected) * width * 8 > keep_bytes:
+    if sum(ep.length for ep in selected) * width * 4 > keep_bytes:
         return read
     kept: list = []
 
@@ -281,11 +277,12 @@ def _episode_source(meta, selected, state_keys, action_keys, *, keep_bytes: int)
 
 
 def read_numeric_file(meta, rel: str, episodes, keys: Sequence[str]) -> np.ndarray:
-    """The numeric ``keys`` of one data file as float64 ``[rows, sum of dims]`` (only those columns).
+    """The numeric ``keys`` of the given episodes of one data file, rows in episode order.
 
-    Checks that the file holds the episodes' rows and that every value the episodes use is finite.
-    (``data_adapters.lerobot_reader.read_numeric`` does the same per episode but imports torch, which
-    costs seconds; this step needs neither torch nor a per-episode pass over Arrow.)
+    Returns ``[sum of lengths, sum of dims]``, float32 when every column is float32 (LeRobot's usual
+    dtype; the engine works in float64 block by block), else float64. Only those parquet columns are
+    read. (``data_adapters.lerobot_reader.read_numeric`` does the same per episode but imports torch,
+    which costs seconds, and converts episode by episode.)
 
     Raises:
         DatasetFormatError: missing or corrupt file, missing column, too few rows, rows of another
@@ -314,7 +311,26 @@ def read_numeric_file(meta, rel: str, episodes, keys: Sequence[str]) -> np.ndarr
         table = pq.ParquetFile(path).read(columns=[*keys, *extra])
     except (OSError, pa.ArrowException) as err:
         raise DatasetFormatError(f"corrupt parquet file {path} ({where}): {err}") from err
-    blocks = []
+    rows = table.num_rows
+    starts = np.array([ep.row_start for ep in episodes])
+    stops = np.array([ep.row_stop for ep in episodes])
+    if (stops > rows).any():
+        ep = episodes[int(np.argmax(stops > rows))]
+        raise DatasetFormatError(f"data file {path} has {rows} rows but episode {ep.index} needs rows "
+                                 f"{ep.row_start}..{ep.row_stop - 1} (truncated file?)")  # fmt: skip
+    if "episode_index" in extra:
+        owner = table.column("episode_index").to_numpy()
+        indices = np.array([ep.index for ep in episodes])
+        wrong = (owner[starts] != indices) | (owner[stops - 1] != indices)
+        if wrong.any():
+            ep = episodes[int(np.argmax(wrong))]
+            raise DatasetFormatError(f"rows {ep.row_start}..{ep.row_stop - 1} of {path} are not episode "
+                                     f"{ep.index} (episode metadata does not match the data file)")  # fmt: skip
+    contiguous = bool((starts[1:] == stops[:-1]).all())
+    picked = slice(int(starts[0]), int(stops[-1])) if contiguous else np.concatenate(
+        [np.arange(a, b) for a, b in zip(starts, stops)]
+    )  # fmt: skip
+    columns, float32 = [], True
     for key in keys:
         column = table.column(key).combine_chunks()
         if column.null_count:
@@ -325,38 +341,29 @@ def read_numeric_file(meta, rel: str, episodes, keys: Sequence[str]) -> np.ndarr
             or pa.types.is_fixed_size_list(column.type)
         ):
             column = pc.list_flatten(column)
-        flat = column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        flat = column.to_numpy(zero_copy_only=False)
         dim = meta.feature_dim(key)
-        if flat.size != table.num_rows * dim:
+        if flat.size != rows * dim:
             raise DatasetFormatError(f"column {key!r} of {path} holds {flat.size} values for "
-                                     f"{table.num_rows} rows; info.json says {dim} per row")  # fmt: skip
-        blocks.append(flat.reshape(table.num_rows, dim))
-    values = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
-    episode_col = table.column("episode_index").to_numpy() if "episode_index" in extra else None
-    for ep in episodes:
-        if ep.row_stop > table.num_rows:
-            raise DatasetFormatError(f"data file {path} has {table.num_rows} rows but episode {ep.index} needs "
-                                     f"rows {ep.row_start}..{ep.row_stop - 1} (truncated file?)")  # fmt: skip
-        if episode_col is not None and not (
-            episode_col[ep.row_start] == episode_col[ep.row_stop - 1] == ep.index
-        ):
-            raise DatasetFormatError(f"rows {ep.row_start}..{ep.row_stop - 1} of {path} are not episode "
-                                     f"{ep.index} (episode metadata does not match the data file)")  # fmt: skip
-        part = values[ep.row_start : ep.row_stop]
-        bad = ~np.isfinite(part)
-        if bad.any():
-            row, col = (int(v) for v in np.argwhere(bad)[0])
-            key = next(
-                k for k in reversed(keys) if sum(meta.feature_dim(j) for j in keys[: keys.index(k)]) <= col
-            )
-            frame = (
-                int(table.column("frame_index")[ep.row_start + row].as_py())
-                if "frame_index" in extra
-                else row
-            )
-            dim = col - sum(meta.feature_dim(j) for j in keys[: keys.index(key)])
-            raise DatasetFormatError(f"non-finite value {part[row, col]} in {key!r}[{dim}] at episode {ep.index}, "
-                                     f"frame {frame} ({path})")  # fmt: skip
+                                     f"{rows} rows; info.json says {dim} per row")  # fmt: skip
+        columns.append(flat.reshape(rows, dim)[picked])
+        float32 &= flat.dtype == np.float32
+    values = np.concatenate(columns, axis=1, dtype=np.float32 if float32 else np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        pos = int(np.searchsorted(np.cumsum(stops - starts), row, side="right"))
+        ep = episodes[pos]
+        offsets = np.cumsum([0] + [meta.feature_dim(k) for k in keys])
+        k = int(np.searchsorted(offsets, col, side="right")) - 1
+        local = row - int(np.sum((stops - starts)[:pos]))
+        frame = (
+            int(table.column("frame_index")[ep.row_start + local].as_py())
+            if "frame_index" in extra
+            else local
+        )
+        raise DatasetFormatError(f"non-finite value {values[row, col]} in {keys[k]!r}[{col - offsets[k]}] at "
+                                 f"episode {ep.index}, frame {frame} ({path})")  # fmt: skip
     return values
 
 
