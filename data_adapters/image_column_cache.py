@@ -135,6 +135,9 @@ def _write_cache(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        # Arrow's allocator keeps freed read buffers for reuse; hand them back so that building the
+        # cache does not leave this process (and every worker forked from it) larger.
+        pa.default_memory_pool().release_unused()
 
 
 def _iter_episode_images(meta: DatasetMeta, rel: str, eps: list[EpisodeMeta], keys: Sequence[str]):
@@ -142,10 +145,11 @@ def _iter_episode_images(meta: DatasetMeta, rel: str, eps: list[EpisodeMeta], ke
     file_path = meta.root / rel
     names = ", ".join(str(e.index) for e in eps)
     try:
-        parquet = pq.ParquetFile(file_path)
+        # Streamed reads (buffer_size) keep only a page or so per column in memory, not whole row groups.
+        parquet = pq.ParquetFile(file_path, buffer_size=1 << 20, pre_buffer=False)
         wanted = [(ep.row_start, ep.row_stop, ep) for ep in eps]
         offset = 0
-        for batch in parquet.iter_batches(batch_size=_READ_BATCH_ROWS, columns=list(keys)):
+        for batch in parquet.iter_batches(batch_size=_READ_BATCH_ROWS, columns=list(keys), use_threads=False):
             batch_stop = offset + batch.num_rows
             for start, stop, ep in wanted:
                 lo, hi = max(start, offset), min(stop, batch_stop)

@@ -149,6 +149,7 @@ class LeRobotFrames(torch.utils.data.Dataset):
             self._timestamp[rows] = cols["timestamp"]
             self._frame_index[rows] = cols["frame_index"]
             self._task_index[rows] = cols["task_index"]
+        pa.default_memory_pool().release_unused()  # parquet read buffers: do not carry them into workers
         unknown = sorted(set(np.unique(self._task_index).tolist()) - set(meta.tasks))
         if unknown:
             raise DatasetFormatError(f"task_index values {unknown} of {self.root} are not in its task table")
