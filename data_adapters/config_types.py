@@ -286,6 +286,10 @@ def get_config_type(name_or_yaml: str) -> ConfigType:
         ValueError: unknown name (the message lists the valid names and the closest match), or an
             invalid YAML file.
     """
+    from data_adapters import text_config  # causal-LM SFT: ``text_sft`` or a YAML with ``kind: text``
+
+    if text_config.is_text_config(name_or_yaml):
+        return text_config.load_text_config(name_or_yaml)
     if str(name_or_yaml).lower().endswith((".yaml", ".yml")):
         from data_adapters.custom_yaml import load_config_yaml
 

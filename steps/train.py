@@ -131,6 +131,10 @@ class Trainer:
         self.ctx = D.init_distributed(config.device, need_group=config.parallelism == "fsdp")
         self.cfg = cfg = config.resolve(self.ctx.world_size)
         self.ct = get_config_type(cfg.config_type)
+        # What is model/data specific (pi0 on LeRobot, or a causal LM on text) lives in the task.
+        from steps.train_task import make_task
+
+        self.task = make_task(cfg, self.ct)
         self.accum = cfg.grad_accum_steps(self.ctx.world_size)
         self.fsdp = cfg.parallelism == "fsdp"
         self.device = self.ctx.device
@@ -139,7 +143,7 @@ class Trainer:
         )
         self.precision = precision
         # 2. Inputs are checked before anything expensive (every message names the field).
-        self.norm_stats, self.tokenizer = train_setup.check_inputs(cfg, self.ct)
+        self.task.check_inputs()
         self.store = ckpt.open_store(cfg.checkpoint_dir)
         # 3. Resume decision on rank 0, shared by all; refuse a checkpoint of another model early.
         if self.ctx.is_main:
@@ -152,7 +156,7 @@ class Trainer:
                                  self.resume_step)  # fmt: skip
         # 4. Model: same init on every rank (seed without rank), pretrained weights, LoRA.
         torch.manual_seed(cfg.seed)
-        self.model = train_setup.build_model(cfg, self.ct, precision)
+        self.model = self.task.build_model(precision)
         self.model.to(self.device)
         # 5. Wrap: FSDP2 shards in place (blocks, then root); DDP wraps. Optimizer after wrapping.
         self.wrapped = self._parallelize(self.model)
@@ -199,15 +203,8 @@ class Trainer:
             random.seed(cfg.seed + 7919 * self.ctx.rank)
         self.last_checkpoint_step = self.resume_step
         # 7. Data: the sampler starts at the restored position (depends on step 6).
-        from steps.data_loader import build_loaders
-
-        self.loaders = build_loaders(
-            self.ct, self.norm_stats, self.tokenizer, dataset_root=cfg.dataset_root,
-            train_episodes=cfg.train_episodes, val_episodes=cfg.val_episodes if cfg.val_every else (),
-            global_batch=cfg.global_batch, micro_batch=cfg.micro_batch, world_size=self.ctx.world_size,
-            rank=self.ctx.rank, start_position=self.samples_seen, seed=cfg.seed, augment=cfg.augment,
-            num_workers=cfg.num_workers, val_samples=cfg.val_samples, pin_memory=self.device.type == "cuda",
-        )  # fmt: skip
+        self.loaders = self.task.build_loaders(ctx=self.ctx, start_position=self.samples_seen,
+                                               pin_memory=self.device.type == "cuda")  # fmt: skip
         # 8. Logging (rank 0 only); metrics continue from the restored step.
         from steps.metrics_logger import MetricsLogger
 
@@ -218,8 +215,7 @@ class Trainer:
                                 "grad_accum_steps": self.accum,
                                 "trainable_params": sum(p.numel() for p in trainable)})  # fmt: skip
         self.metrics_file = open(cfg.metrics_file, "a") if (cfg.metrics_file and self.ctx.is_main) else None  # noqa: SIM115
-        towers = train_setup.trainable_towers(self.model)
-        self.flops_per_sample = train_setup.flops_per_sample(self.model, trainable_towers=towers)
+        self.flops_per_sample = self.task.flops_per_sample(self.model)
         self.peak_flops = train_setup.peak_flops(self.device)
 
     def _parallelize(self, model):
@@ -233,7 +229,7 @@ class Trainer:
             # Parameters are gathered in fp32 and the model autocasts internally, so norms, heads and
             # embeddings keep openpi's fp32 treatment; gradients are reduced in fp32.
             mp = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
-            for block in model.transformer_blocks():
+            for block in self.task.shard_units(model):
                 fully_shard(block, mesh=mesh, mp_policy=mp)
             fully_shard(model, mesh=mesh, mp_policy=mp)
             return model
@@ -265,10 +261,6 @@ class Trainer:
 
         return move(batch)
 
-    def _weights(self, batch, shape):
-        return loss_weights(batch, shape, action_dim=self.ct.action_dim, reduction=self.cfg.loss_reduction,
-                            mask_padded=self.cfg.mask_padded_actions)  # fmt: skip
-
     def train_step(self, micro_batches: list[dict]) -> tuple[float, float, bool]:
         """Forward/backward over this rank's micro-batches, then one optimizer step if finite.
 
@@ -278,22 +270,17 @@ class Trainer:
 
         from steps import distributed as D
 
-        h = self.ct.action_horizon
         # Denominator: the number of counted loss elements in the whole global batch.
-        if self.cfg.loss_reduction == "all_dims" and not self.cfg.mask_padded_actions:
-            denom = float(self.cfg.global_batch * h * 32)
-        else:
-            local = sum(float(self._weights(mb, mb["actions"].shape).sum()) for mb in micro_batches)
+        denom = self.task.static_count()
+        if denom is None:
+            local = sum(self.task.count(mb) for mb in micro_batches)
             denom = max(D.all_reduce_sum(self.ctx, [local])[0], 1.0)
         # DDP / FSDP average gradients over ranks; scale up so the result is sum / denom.
         scale = self.ctx.world_size / denom
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, mb in enumerate(micro_batches):
-            noise, t = mb.pop("noise"), mb.pop("time")
-            mb.pop("position", None)
             with self._no_sync(i == len(micro_batches) - 1):
-                per_element = self.wrapped(mb, noise, t)
-                weighted = (per_element * self._weights(mb, per_element.shape)).sum()
+                weighted, _ = self.task.loss_sum(self.wrapped, mb)
                 (weighted * scale).backward()
             loss_sum += weighted.detach().double()
         loss = D.all_reduce_sum(self.ctx, [float(loss_sum)])[0] / denom
@@ -328,13 +315,9 @@ class Trainer:
         try:
             with swap, torch.no_grad():
                 for batch in self.loaders.val:
-                    batch = self._to_device(batch)
-                    noise, t = batch.pop("noise"), batch.pop("time")
-                    batch.pop("position", None)
-                    per_element = module(batch, noise, t)
-                    w = self._weights(batch, per_element.shape)
-                    total += float((per_element * w).sum())
-                    count += float(w.sum())
+                    weighted, n = self.task.loss_sum(module, self._to_device(batch))
+                    total += float(weighted)
+                    count += n
         finally:
             self.model.train()
         total, count = D.all_reduce_sum(self.ctx, [total, count])
@@ -476,7 +459,6 @@ class Trainer:
     def export(self, result: TrainResult) -> None:
         from steps import checkpointing as ckpt
         from steps import distributed as D
-        from steps.export import write_export
 
         cfg = self.cfg
         source_step = self.step
@@ -490,9 +472,9 @@ class Trainer:
         export_dir = cfg.export_dir or train_setup.default_export_dir(cfg)
         model, ema_weights = self._gather_for_export()
         if self.ctx.is_main:
-            write_export(model, export_dir, train_config=cfg, config_type=self.ct,
-                         norm_stats_path=cfg.norm_stats_path, tokenizer_path=cfg.tokenizer_path,
-                         step=source_step, source=source, ema_weights=ema_weights)  # fmt: skip
+            self.task.write_export(
+                model, export_dir, step=source_step, source=source, ema_weights=ema_weights
+            )
             if cfg.checkpoint_dir.startswith("s3://") and cfg.export_dir is None:
                 print(f"export written to local {export_dir} (checkpoint_dir is on S3)", file=sys.stderr)
         D.barrier(self.ctx)
@@ -516,7 +498,7 @@ class Trainer:
             }
         if not self.ctx.is_main:
             return None, None
-        model = train_setup.build_model(self.cfg, self.ct, self.precision, load_weights=False)
+        model = self.task.build_model(self.precision, load_weights=False)
         model.load_state_dict(full, strict=True)
         return model, ema
 
