@@ -495,20 +495,32 @@ def _add_to_brackets(brackets: list[_Bracket], block: _Block, group: str, index:
             b.add(view)
     if not fast:
         return
-    # Unweighted values (delta chunks): count below each bracket, but find the positions of all values
-    # inside any bracket with one scan, then sort them into brackets on that small set.
-    union = np.zeros(view.v32.shape, dtype=bool)
-    for b in fast:
-        below = view.v32 < b._lo32
+    # Unweighted values (delta chunks), the bulk of the work: one scan finds the positions of all values
+    # that any bracket needs, then they are sorted into brackets on that small set. The lowest bracket
+    # takes every value up to its top and the highest every value from its bottom (the q01 / q99 tails,
+    # a few % of the values), so those two need no count of their own over the block.
+    v32, total = view.v32, len(view.v32)
+    fast.sort(key=lambda b: (b.lo, b.hi))
+    low, high, middle = (fast[0], fast[-1], fast[1:-1]) if len(fast) > 1 else (None, None, fast)
+    union = np.zeros(v32.shape, dtype=bool)
+    if low is not None:
+        np.less_equal(v32, low._hi32, out=union)
+        above = v32 >= high._lo32
+        high.below += total - int(np.count_nonzero(above))
+        union |= above
+    for b in middle:
+        below = v32 < b._lo32
         b.below += int(np.count_nonzero(below))
-        inside = view.v32 <= b._hi32
+        inside = v32 <= b._hi32
         inside ^= below
         union |= inside
     picked, _ = view.pick(union)
-    picked32 = view.v32[union]
+    picked32 = v32[union]
+    if low is not None:
+        low.below += int(np.count_nonzero(picked32 < low._lo32))
     for b in fast:
         mine = (picked32 >= b._lo32) & (picked32 <= b._hi32)
-        b.keep(picked[mine], None, len(view.v32))
+        b.keep(picked[mine], None, total)
 
 
 class _Dim:
@@ -575,7 +587,7 @@ class _Dim:
         sample = self.sample if self.sample is not None and self.sample.size else None
         if sample is None:
             return round(self.n / 2), False
-        pos = np.searchsorted(sample, x, side="left" if strict else "right")
+        pos = np.count_nonzero(sample < x if strict else sample <= x)
         return round(pos / sample.size * self.n), False
 
 
@@ -612,9 +624,9 @@ def compute_chunk_stats(
     delta_mask: Sequence[bool],
     method: str = "exact",
     memory_budget_bytes: int = 1 << 30,
-    sample_size: int = 1 << 18,
+    sample_size: int = 1 << 19,
     hist_bins: int = 1 << 14,
-    block_values: int = 1 << 20,
+    block_values: int = 1 << 19,
     seed: int = 0,
     workers: int = 1,
 ) -> ChunkStats:
@@ -657,8 +669,8 @@ def compute_chunk_stats(
     dims += [_Dim("actions", i, n_act, not delta[i]) for i in range(action_dim)]
 
     # Cheapest dims in memory first (a weighted dim keeps N values, a delta dim N*H): up to half the
-    # budget, and not beyond a size where streaming selection is faster than sorting.
-    in_memory_cap = max(1 << 16, 2 * sample_size)
+    # budget, and only while small: beyond ~1e5 values the streamed selection beats a sort.
+    in_memory_cap = 1 << 17
     budget = memory_budget_bytes // 2
     for d in sorted(dims, key=lambda d: d.total if d.group == "state" or d.weighted else n_act):
         stored = frames if (d.group == "state" or d.weighted) else n_act
@@ -668,7 +680,8 @@ def compute_chunk_stats(
         else:
             d.mode = "stream" if method == "exact" else "hist"
     streamed = [d for d in dims if d.mode == "stream"]
-    cap = max(256, int(memory_budget_bytes // 2 // max(1, len(streamed) * len(QUANTILES)) // 16))
+    # What one bracket may keep: its share of half the budget (8 bytes a value, 16 with a weight).
+    cap = max(256, int(memory_budget_bytes // 2 // max(1, len(streamed) * len(QUANTILES)) // 12))
 
     def run_pass(
         work: Callable[[_Block], None],
@@ -712,7 +725,7 @@ def compute_chunk_stats(
             d.finish_memory()
         elif d.mode == "stream":
             group = samples[d.group]
-            d.sample = np.sort(np.concatenate([s[:, d.index] for s in group])) if group else np.empty(0)
+            d.sample = np.concatenate([s[:, d.index] for s in group]) if group else np.empty(0)
             d.brackets = _sample_brackets(d, cap)
         else:
             d.brackets = [_Bracket(d.min, d.max, "hist", cap, bins=hist_bins)]
@@ -774,19 +787,22 @@ def _target_ranks(n: int) -> list[int]:
 
 
 def _sample_brackets(d: _Dim, cap: int) -> list[_Bracket]:
+    """Per quantile, an interval of sample order statistics that holds the target rank with near certainty."""
     s = d.sample.size
-    out = []
+    if s == 0:
+        return [_Bracket(-math.inf, math.inf, "collect", cap) for _ in QUANTILES]
+    edges = []
     for q in QUANTILES.values():
-        if s == 0:
-            out.append(_Bracket(-math.inf, math.inf, "collect", cap))
-            continue
         centre = q * (s - 1)
         spread = _BRACKET_Z * math.sqrt(s * q * (1 - q)) + 2
-        i_lo, i_hi = math.floor(centre - spread), math.ceil(centre + spread) + 1
-        lo = float(d.sample[i_lo]) if i_lo >= 0 else -math.inf
-        hi = float(d.sample[i_hi]) if i_hi < s else math.inf
-        out.append(_Bracket(lo, hi, "collect", cap))
-    return out
+        edges.append((math.floor(centre - spread), math.ceil(centre + spread) + 1))
+    inside = sorted({i for pair in edges for i in pair if 0 <= i < s})
+    # Only these order statistics of the sample are needed: a partition, not a sort.
+    picked = dict(zip(inside, np.partition(d.sample, inside)[inside].tolist())) if inside else {}
+    return [
+        _Bracket(picked.get(i_lo, -math.inf), picked.get(i_hi, math.inf), "collect", cap)
+        for i_lo, i_hi in edges
+    ]
 
 
 def _missing_ranks(d: _Dim) -> list[int]:

@@ -300,15 +300,16 @@ def read_numeric_file(meta, rel: str, episodes, keys: Sequence[str]) -> np.ndarr
     if not path.is_file():
         raise DatasetFormatError(f"missing data file {path} ({where})")
     try:
-        present = set(pq.read_schema(path).names)
+        parquet = pq.ParquetFile(path)
+        present = set(parquet.schema_arrow.names)
         missing = [k for k in keys if k not in present]
         if missing:
             raise DatasetFormatError(f"columns {missing} missing from data file {path} ({where}); "
                                      f"columns: {sorted(present)}")  # fmt: skip
-        extra = [c for c in ("episode_index", "frame_index") if c in present]
+        extra = ["episode_index"] if "episode_index" in present else []
         # ParquetFile.read skips the dataset layer of read_table: ~3x faster on files with one row
         # group per episode (LeRobot's layout).
-        table = pq.ParquetFile(path).read(columns=[*keys, *extra])
+        table = parquet.read(columns=[*keys, *extra])
     except (OSError, pa.ArrowException) as err:
         raise DatasetFormatError(f"corrupt parquet file {path} ({where}): {err}") from err
     rows = table.num_rows

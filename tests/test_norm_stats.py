@@ -144,6 +144,18 @@ def test_streaming_recovers_from_missed_brackets(sample_size):
     check_against_brute(result, episodes, horizon, delta)
 
 
+def test_threads_give_the_same_result():
+    lengths, horizon, delta = [90, 3, 140, 60], 12, (True, True, False)
+    episodes = random_episodes(np.random.default_rng(9), lengths, 3, 3)
+    kw = dict(state_dim=3, action_dim=3, horizon=horizon, delta_mask=delta, memory_budget_bytes=1,
+              sample_size=300, block_values=900)  # fmt: skip
+    one = compute_chunk_stats(lambda: iter(episodes), lengths, **kw)
+    two = compute_chunk_stats(lambda: iter(episodes), lengths, workers=2, **kw)
+    for a, b in zip(one.state + one.actions, two.state + two.actions):
+        assert (a.quantiles, a.mean, a.std, a.min, a.max) == (b.quantiles, b.mean, b.std, b.min, b.max)
+    check_against_brute(two, episodes, horizon, delta)
+
+
 def test_histogram_mode_is_within_its_stated_bound():
     lengths, horizon, delta = [80, 33, 150, 2], 10, (True, True, False)
     episodes = random_episodes(np.random.default_rng(3), lengths, 4, 3)
