@@ -358,11 +358,9 @@ def read_numeric_file(meta, rel: str, episodes, keys: Sequence[str]) -> np.ndarr
         offsets = np.cumsum([0] + [meta.feature_dim(k) for k in keys])
         k = int(np.searchsorted(offsets, col, side="right")) - 1
         local = row - int(np.sum((stops - starts)[:pos]))
-        frame = (
-            int(table.column("frame_index")[ep.row_start + local].as_py())
-            if "frame_index" in extra
-            else local
-        )
+        frame = local
+        if "frame_index" in present:  # read only now, to name the frame as the dataset numbers it
+            frame = int(parquet.read(columns=["frame_index"]).column(0)[ep.row_start + local].as_py())
         raise DatasetFormatError(f"non-finite value {values[row, col]} in {keys[k]!r}[{col - offsets[k]}] at "
                                  f"episode {ep.index}, frame {frame} ({path})")  # fmt: skip
     return values
