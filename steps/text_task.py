@@ -179,22 +179,10 @@ class TextTask:
         return float((batch["labels"][:, 1:] != -100).sum())
 
     def loss_sum(self, module, batch):
-        import contextlib
-
-        import torch
-        import torch.nn.functional as F
-
-        batch.pop("position", None)
-        ids = batch["input_ids"]
-        bf16 = self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and ids.device.type == "cuda")
-        autocast = torch.autocast(ids.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with autocast:
-            logits = module(input_ids=ids, attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:]
-        logits = logits[:, :-1].float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                               reduction="sum")  # fmt: skip
-        return loss, float((labels != -100).sum())
+        bf16 = self.cfg.precision == "bf16" or (
+            self.cfg.precision == "auto" and batch["input_ids"].device.type == "cuda"
+        )
+        return causal_lm_loss_sum(module, batch, bf16=bf16)
 
     def flops_per_sample(self, model) -> float:
         n = sum(p.numel() for p in model.parameters())
@@ -242,6 +230,25 @@ class TextTask:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return export_dir
+
+
+def causal_lm_loss_sum(module, batch: dict, *, bf16: bool = False):
+    """(summed next-token cross-entropy over label tokens, their count) for one padded batch."""
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+
+    batch.pop("position", None)
+    ids = batch["input_ids"]
+    autocast = torch.autocast(ids.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with autocast:
+        logits = module(input_ids=ids, attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]  # position i predicts token i + 1
+    logits = logits[:, :-1].float()
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                           reduction="sum")  # fmt: skip
+    return loss, float((labels != -100).sum())
 
 
 def _item(example, position: int) -> dict:

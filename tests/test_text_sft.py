@@ -234,3 +234,47 @@ def test_resume_after_sigkill_is_exact(text_assets, reference, tmp_path):
     got_w = load_file(str(ckpt_dir / "export" / "model.safetensors"))
     for name, value in ref_w.items():
         torch.testing.assert_close(got_w[name], value, rtol=0, atol=1e-6)
+
+
+# --- evaluate and register -------------------------------------------------------------------------------
+
+
+def test_evaluate_and_registered_pyfunc_generates(text_assets, reference, tmp_path):
+    import mlflow
+
+    from steps import register
+    from steps.text_eval import evaluate_text_export, log_completions
+    from steps.text_model_logging import save_text_pyfunc
+    from steps.tracking import LINEAGE_TAG
+
+    a, export = text_assets, reference["result"].export_dir
+    result = evaluate_text_export(export, str(a["data"]), a["val"], num_completions=2, max_new_tokens=4)
+    m = result.metrics
+    assert m["perplexity"] == pytest.approx(np.exp(m["val_loss"])) and m["val_samples"] == len(a["val"])
+    # The evaluator's loss is training's validation loss on the same rows (last step validated, no EMA).
+    assert m["val_loss"] == pytest.approx(reference["result"].val_losses[-1][1], rel=1e-5)
+    assert len(result.details["completions"]) == 2
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    run_id = mlflow.MlflowClient(uri).create_run(mlflow.MlflowClient(uri).create_experiment("t")).info.run_id
+    log_completions(uri, run_id, result.details["completions"])
+    pyfunc_dir = save_text_pyfunc(export, tmp_path / "pyfunc")
+    version = register.register_model(uri, name="tiny-text", model_dir=pyfunc_dir, run_id=run_id, lineage_id="L1",
+                                      tags={LINEAGE_TAG: "L1"}, metrics=m)  # fmt: skip
+    assert version.alias == "candidate"
+    loaded = mlflow.pyfunc.load_model("models:/tiny-text@candidate")
+    out = loaded.predict(
+        {"messages": [[{"role": "user", "content": "repeat red"}]]}, params={"max_new_tokens": 3}
+    )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(export)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "repeat red"}], tokenize=False,
+                                     add_generation_prompt=True)  # fmt: skip
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    gen = AutoModelForCausalLM.from_pretrained(export).generate(ids, max_new_tokens=3, do_sample=False)
+    assert gen.shape[1] == ids.shape[1] + 3
+    assert out == [tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)]
+    table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="eval/completions.json",
+                                                                 dst_path=str(tmp_path / "dl"))).read_text())  # fmt: skip
+    assert table["columns"] == ["row", "prompt", "reference", "completion"] and len(table["data"]) == 2
