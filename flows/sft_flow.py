@@ -224,8 +224,8 @@ class SFTFlow(FlowSpec):
     @resources(cpu=cluster.cpu, memory=cluster.memory, gpu=cluster.eval_gpus)
     @step
     def evaluate(self):
-        """Validation loss of the exported model on the held-out episodes (logged to MLflow)."""
-        from steps import tracking, train_launch
+        """Validation loss of the exported model on the held-out episodes (register logs it to MLflow)."""
+        from steps import train_launch
         from steps.evaluate import evaluate_export
         from steps.run_assets import default_cache_dir
 
@@ -236,9 +236,7 @@ class SFTFlow(FlowSpec):
             result = evaluate_export(export_dir, dataset_root, self.fetched["val_episodes"],
                                      max_samples=self.plan["eval_samples"],
                                      device="cuda" if self.cluster.gpus_per_node else "cpu")  # fmt: skip
-        self.eval_metrics = result.metrics
-        tracking.log_metrics(self.tracking_uri, self.mlflow_run_id, {f"eval/{k}": v for k, v in result.metrics.items()},
-                             step=self.train_result["final_step"])  # fmt: skip
+        self.eval_metrics = result.metrics  # logged to MLflow by register (one MLflow import fewer)
         from flows.cards import render_eval_card
 
         render_eval_card(current.card["evaluate"], plan=self.plan, metrics=result.metrics, episodes=result.episodes,
@@ -269,6 +267,9 @@ class SFTFlow(FlowSpec):
                 model_dir=export_dir, run_id=self.mlflow_run_id, lineage_id=self.lineage_id, tags=tags,
                 metrics=self.eval_metrics,
             )  # fmt: skip
+            tracking.log_metrics(self.tracking_uri, self.mlflow_run_id,
+                                 {f"eval/{k}": v for k, v in self.eval_metrics.items()},
+                                 step=self.train_result["final_step"])  # fmt: skip
             # The MLflow run points at the Metaflow run that finished it (a resume is a new Metaflow run).
             tracking.set_tags(self.tracking_uri, self.mlflow_run_id,
                               {tracking.PATHSPEC_TAG: f"{current.flow_name}/{current.run_id}",

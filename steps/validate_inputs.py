@@ -24,7 +24,7 @@ from typing import Any
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DEMO_DATASET = "demo://synthetic"  # the --demo default: a small generated dataset in the config type's schema
 # --demo defaults: a few steps of the tiny model, small batches, frequent checkpoints (for resume).
-DEMO_DEFAULTS = {"max_steps": 12, "batch_size": 4, "learning_rate": 1e-3, "eval_samples": 32}
+DEMO_DEFAULTS = {"max_steps": 40, "batch_size": 4, "learning_rate": 1e-3, "eval_samples": 32}
 DEFAULT_EVAL_SAMPLES = 256
 
 

@@ -62,7 +62,8 @@ def inspect_run(root: Path, run_id: str | None = None) -> dict:
         namespace(None)
         run = Run("SFTFlow/{run_id}") if {run_id!r} else Flow("SFTFlow").latest_run
         out = {{"id": run.id, "successful": run.successful, "finished": run.finished, "tags": sorted(run.tags),
-               "steps": {{s.id: all(t.successful for t in s) for s in run}}}}
+               "steps": {{s.id: all(t.successful for t in s) for s in run}},
+               "attempts": {{s.id: max(t.current_attempt for t in s) for s in run}}}}
         data = run["end"].task.data if run.successful else None
         if data is not None:
             out.update(lineage_id=data.lineage_id, mlflow_run_id=data.mlflow_run_id, model_version=data.model_version,
@@ -317,27 +318,32 @@ def _mlflow_checks(root: Path, info: dict, *, expect_world_size: int) -> None:
 
 
 @pytest.mark.slow
-def test_demo_flow_end_to_end_on_two_local_nodes(tmp_path):
-    """`run --demo` with @torchrun on 2 local nodes (gloo): every step succeeds, MLflow has it all."""
-    result = run_flow(tmp_path, "--config-value", "cluster", '{"nodes": 2}', "run", "--demo")
+def test_demo_flow_end_to_end_on_two_local_nodes_with_a_preemption(tmp_path):
+    """`run --demo` with @torchrun on 2 local nodes (gloo). Both nodes' training is killed after the
+    step-6 checkpoint (VLA_SFT_FAIL_AFTER_STEP); @retry's second attempt continues from it. Every step
+    succeeds; MLflow has params, metrics, artifacts and one registered version with lineage tags."""
+    env = flow_env(tmp_path, VLA_SFT_FAIL_AFTER_STEP="6")
+    result = run_flow(tmp_path, "--config-value", "cluster", '{"nodes": 2, "retries": 1}', "run", "--demo",
+                      "--max_steps", "12", env=env)  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     info = inspect_run(tmp_path)
     assert info["successful"]
     assert set(info["steps"]) == {"start", "fetch_data", "compute_norm_stats", "train", "join", "evaluate",
                                   "register", "end"} and all(info["steps"].values())  # fmt: skip
+    assert info["attempts"]["train"] == 1  # attempt 0 was killed, attempt 1 finished
     assert info["train_result"]["world_size"] == 2
-    assert info["train_result"]["final_step"] == info["plan"]["max_steps"]
+    assert info["train_result"]["resumed_from"] == 6
+    assert info["train_result"]["final_step"] == info["plan"]["max_steps"] == 12
     assert f"mlflow_run_id:{info['mlflow_run_id']}" in info["tags"]
     _mlflow_checks(tmp_path, info, expect_world_size=2)
 
 
 @pytest.mark.slow
 def test_failure_in_train_then_resume_continues_from_checkpoint(tmp_path):
-    """Kill training after the step-4 checkpoint (VLA_SFT_FAIL_AFTER_STEP, no retries), then `resume`."""
+    """Kill training after the step-6 checkpoint (VLA_SFT_FAIL_AFTER_STEP, no retries), then `resume`."""
     cluster = ["--config-value", "cluster", '{"retries": 0}']
-    failed = run_flow(
-        tmp_path, *cluster, "run", "--demo", env=flow_env(tmp_path, VLA_SFT_FAIL_AFTER_STEP="4")
-    )
+    args = ["run", "--demo", "--max_steps", "12"]  # the demo checkpoints every max_steps // 4 = 3 steps
+    failed = run_flow(tmp_path, *cluster, *args, env=flow_env(tmp_path, VLA_SFT_FAIL_AFTER_STEP="6"))
     assert failed.returncode != 0
     first = inspect_run(tmp_path)
     assert not first["successful"] and first["steps"].get("train") is False
@@ -346,7 +352,7 @@ def test_failure_in_train_then_resume_continues_from_checkpoint(tmp_path):
     info = inspect_run(tmp_path)
     assert info["id"] != first["id"] and info["successful"]
     assert info["lineage_id"] == f"SFTFlow-{first['id']}"
-    assert info["train_result"]["resumed_from"] == 4
+    assert info["train_result"]["resumed_from"] == 6
     assert info["train_result"]["final_step"] == info["plan"]["max_steps"]
     _mlflow_checks(tmp_path, info, expect_world_size=1)
 
