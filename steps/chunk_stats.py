@@ -189,6 +189,7 @@ class _Block:
         self.delta = delta
         self._mult: np.ndarray | None = None
         self._windows: tuple[np.ndarray, ...] | None = None
+        self._padded: np.ndarray | None = None
         stored32 = all(r.state.dtype == np.float32 and r.actions.dtype == np.float32 for r in runs)
         self._float32: bool | None = True if stored32 else None
 
@@ -244,8 +245,8 @@ class _Block:
             # Classify on the float32 difference of float32 inputs: IEEE rounds it correctly, so it is
             # a monotone function of the exact (float64) value, and nothing float64 of size N x H is
             # ever materialised; the few values kept are recomputed in float64 from their positions.
-            source, first, _, _ = self._padding()
-            column = self.actions[source, dim]
+            _, first, _, _ = self._padding()
+            column = self.padded_actions[:, dim]
             state = self.state[:, dim]
             v32 = sliding_window_view(column.astype(np.float32), self.horizon)[first]
             v32 -= state.astype(np.float32)[:, None]
@@ -262,7 +263,14 @@ class _Block:
     def prepare(self) -> None:
         """Build the lazily cached helpers now (before several threads use the block)."""
         self._padding()
-        _ = self.mult, self.float32_data
+        _ = self.mult, self.float32_data, self.padded_actions
+
+    @property
+    def padded_actions(self) -> np.ndarray:
+        """Actions with each episode followed by H-1 copies of its last frame, ``[n + e(H-1), Da]``."""
+        if self._padded is None:
+            self._padded = self.actions[self._padding()[0]]
+        return self._padded
 
     @property
     def float32_data(self) -> bool:
@@ -289,8 +297,8 @@ class _Block:
         # state is a constant shift). Window sums come from cumulative sums of the padded column,
         # centred per episode so the running sums stay small. Then rows merge (law of total variance).
         h = self.horizon
-        source, first, pad_starts, padded = self._padding()
-        column, state = self.actions[source, dim], self.state[:, dim]
+        _, first, pad_starts, padded = self._padding()
+        column, state = self.padded_actions[:, dim], self.state[:, dim]
         shift = np.add.reduceat(column, pad_starts) / padded
         centred = column - np.repeat(shift, padded)
         c1 = np.concatenate(([0.0], np.cumsum(centred)))
@@ -363,6 +371,7 @@ class _Bracket:
     hist: np.ndarray | None = None
     _kept_size: int = 0
     _values: np.ndarray | None = None
+    _selected: dict = field(default_factory=dict)
     _weights: np.ndarray | None = None
 
     def __post_init__(self) -> None:
@@ -457,7 +466,12 @@ class _Bracket:
     def value_at(self, r: int) -> float:
         local = r - self.below
         if self._weights is None:
-            return float(np.partition(self._values, local)[local])
+            if local not in self._selected:
+                # Select every rank this bracket may be asked for at once (numpy asks for r and r+1).
+                wanted = sorted({local, min(local + 1, self._values.size - 1)})
+                self._values.partition(wanted)
+                self._selected.update({k: float(self._values[k]) for k in wanted})
+            return self._selected[local]
         return float(self._values[np.searchsorted(self._weights, local, side="right")])
 
     def count_le(self, x: float, strict: bool) -> int:
