@@ -108,6 +108,7 @@ class SFTFlow(FlowSpec):
                     lora=self.lora, lora_rank=self.lora_rank, pretrained=self.pretrained,
                     eval_episodes=self.eval_episodes, eval_samples=self.eval_samples, demo=self.demo,
                     nodes=self.cluster.nodes, procs_per_node=self.cluster.procs_per_node,
+                    remote=validate_inputs.running_remotely(self.cluster.backend),
                 )  # fmt: skip
             self.tokenizer_spec = self.tokenizer or (TINY_TOKENIZER if self.demo else PALIGEMMA_TOKENIZER_URL)
             check_tokenizer_spec(self.tokenizer_spec)

@@ -180,6 +180,7 @@ def validate_run_inputs(
     tracking_uri: str | None = None,
     check_tracking: bool = True,
     check_remote: bool = True,
+    remote: bool = False,
 ) -> RunPlan:
     """Validate the run's command-line values; return the resolved plan or raise InputError."""
     from data_adapters.config_types import get_config_type, require_dataset
@@ -245,6 +246,11 @@ def validate_run_inputs(
             f"--dataset: s3:// datasets are not supported yet ({dataset}); use a Hub id or a local folder"
         )
     uri = tracking.resolve_tracking_uri(tracking_uri)
+    if remote and not uri.startswith(("http://", "https://", "databricks")):
+        raise InputError(
+            f"MLFLOW_TRACKING_URI: {uri} is a file on one machine; remote runs need a tracking server "
+            "(export MLFLOW_TRACKING_URI=http(s)://...)"
+        )
     if check_tracking:
         try:
             tracking.check_reachable(uri)
@@ -270,6 +276,18 @@ def validate_run_inputs(
         procs_per_node=procs_per_node,
         tracking_uri=uri,
         model_variant="tiny" if demo else "real",
+    )
+
+
+def running_remotely(backend: str = "local") -> bool:
+    """True for a Kubernetes / AWS Batch run (by the cluster Config, or by the task's environment)."""
+    import os
+
+    return (
+        backend != "local"
+        or os.environ.get("METAFLOW_RUNTIME_ENVIRONMENT", "local") != "local"
+        or "KUBERNETES_SERVICE_HOST" in os.environ
+        or "AWS_BATCH_JOB_ID" in os.environ
     )
 
 

@@ -105,6 +105,7 @@ def free_port() -> int:
         ),
         ({"pretrained": "org/weights"}, r"--pretrained: not used with --demo"),
         ({"dataset": "metaworld://tasks=not-a-task"}, r"--dataset:"),
+        ({"remote": True}, r"MLFLOW_TRACKING_URI: sqlite:///.* remote runs need a tracking server"),
     ],
 )
 def test_validate_run_inputs_rejects_bad_values(kwargs, match, tmp_path):
