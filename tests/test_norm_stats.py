@@ -59,7 +59,10 @@ def random_episodes(rng, lengths, state_dim, action_dim, *, ties=True, float32=T
         if ties:
             actions[:, -1] = np.sign(actions[:, -1])  # a gripper: only -1 / +1
         if float32:
-            state, actions = state.astype(np.float32).astype(np.float64), actions.astype(np.float32).astype(np.float64)
+            state, actions = (
+                state.astype(np.float32).astype(np.float64),
+                actions.astype(np.float32).astype(np.float64),
+            )
         out.append(Episode(i, state, actions))
     return out
 
