@@ -4,6 +4,7 @@
     python flows/sft_flow.py run --config_type pi05_libero --pretrained <ckpt> --lora
     python flows/sft_flow.py --config cluster cluster.yaml run ...         # nodes, GPUs, image
     python flows/sft_flow.py resume                                        # after a failure
+    python flows/sft_flow.py run --config_type my_text.yaml --lora         # text SFT of a causal LM (kind: text)
 
 start (validate, MLflow run, lineage id) -> fetch_data -> compute_norm_stats -> train (@torchrun on
 ``cluster.nodes`` nodes) -> join -> evaluate -> register -> end. Each step calls one function in
@@ -108,10 +109,14 @@ class SFTFlow(FlowSpec):
                     lora=self.lora, lora_rank=self.lora_rank, pretrained=self.pretrained,
                     eval_episodes=self.eval_episodes, eval_samples=self.eval_samples, demo=self.demo,
                     nodes=self.cluster.nodes, procs_per_node=self.cluster.procs_per_node,
-                    remote=validate_inputs.running_remotely(self.cluster.backend),
+                    remote=validate_inputs.running_remotely(self.cluster.backend), tokenizer=self.tokenizer,
                 )  # fmt: skip
             self.tokenizer_spec = self.tokenizer or (TINY_TOKENIZER if self.demo else PALIGEMMA_TOKENIZER_URL)
-            check_tokenizer_spec(self.tokenizer_spec)
+            # Text: --tokenizer is a Hugging Face folder / Hub id, kept in the plan (none: the model's own).
+            if plan.kind == "text":
+                self.tokenizer_spec = None
+            else:
+                check_tokenizer_spec(self.tokenizer_spec)
             train_launch.check_train_options(self.train_options)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
@@ -148,7 +153,8 @@ class SFTFlow(FlowSpec):
 
         with _timed(self, "fetch_data"):
             self.fetched = fetch_run_dataset(self.plan).to_dict()
-            self.tokenizer_model = resolve_tokenizer(self.tokenizer_spec).read_bytes()
+            spec = self.tokenizer_spec  # None for text config types
+            self.tokenizer_model = resolve_tokenizer(spec).read_bytes() if spec else b""
         self.next(self.compute_norm_stats)
 
     @step
@@ -160,9 +166,16 @@ class SFTFlow(FlowSpec):
 
         out = default_cache_dir() / "runs" / self.lineage_id / "norm_stats.json"
         with _timed(self, "compute_norm_stats"):
-            stats = compute_norm_stats(get_config_type(self.plan["config_type"]), self.fetched["path"],
-                                       self.fetched["train_episodes"], out_path=out)  # fmt: skip
-        self.norm_stats = stats.to_json_dict()
+            # Text: token-length statistics (logged to MLflow) instead of action normalization.
+            if self.plan.get("kind") == "text":
+                from steps.text_flow_steps import compute_text_run_stats
+
+                self.norm_stats = compute_text_run_stats(self.plan, self.fetched, out_path=out,
+                                                         tracking_uri=self.tracking_uri, run_id=self.mlflow_run_id)  # fmt: skip
+            else:
+                stats = compute_norm_stats(get_config_type(self.plan["config_type"]), self.fetched["path"],
+                                           self.fetched["train_episodes"], out_path=out)  # fmt: skip
+                self.norm_stats = stats.to_json_dict()
         self.next(self.train, num_parallel=self.cluster.nodes)
 
     @card(type="blank", id="train")
@@ -232,6 +245,16 @@ class SFTFlow(FlowSpec):
 
         workdir = default_cache_dir() / "runs" / self.lineage_id / "evaluate"
         export_dir = train_launch.local_export(self.export_uri, workdir)
+        if self.plan.get("kind") == "text":  # causal LM: loss, perplexity, completions table (in MLflow)
+            from steps.text_flow_steps import evaluate_text_run
+
+            with _timed(self, "evaluate"):
+                result = evaluate_text_run(export_dir, self.plan, self.fetched, tracking_uri=self.tracking_uri,
+                                           run_id=self.mlflow_run_id,
+                                           device="cuda" if self.cluster.gpus_per_node else "cpu")  # fmt: skip
+            self.eval_metrics, self.eval_details = result.metrics, result.details
+            self.next(self.register)
+            return
         with _timed(self, "evaluate"):
             dataset_root = train_launch.node_dataset_root(self.plan, self.fetched)
             result = evaluate_export(export_dir, dataset_root, self.fetched["val_episodes"],
@@ -262,6 +285,20 @@ class SFTFlow(FlowSpec):
             base_checkpoint=self.plan["pretrained"], finetune=self.plan["finetune"],
             git_commit=tracking.git_commit(_ROOT),
         )  # fmt: skip
+        if self.plan.get("kind") == "text":  # causal LM: registered as a pyfunc that generates text
+            from steps.text_flow_steps import register_text_run
+
+            with _timed(self, "register"):
+                self.model_version = register_text_run(
+                    export_dir, default_cache_dir() / "runs" / self.lineage_id / "register",
+                    tracking_uri=self.tracking_uri, run_id=self.mlflow_run_id, lineage_id=self.lineage_id, tags=tags,
+                    name=self.model_name or register.model_name_for(self.plan["config_type"]),
+                    metrics=self.eval_metrics, final_step=self.train_result["final_step"],
+                    run_tags={tracking.PATHSPEC_TAG: f"{current.flow_name}/{current.run_id}",
+                              "metaflow.origin_run_id": current.origin_run_id or ""},
+                )  # fmt: skip
+            self.next(self.end)
+            return
         with _timed(self, "register"):
             version = register.register_model(
                 self.tracking_uri, name=self.model_name or register.model_name_for(self.plan["config_type"]),

@@ -141,6 +141,10 @@ def fetch_run_dataset(plan: dict, cache_dir: str | os.PathLike | None = None):
     from data_adapters.config_types import get_config_type
     from steps.fetch_data import fetch_dataset
 
+    if plan.get("kind") == "text":  # rows of a jsonl / parquet file or a Hub dataset, split by row
+        from steps.text_flow_steps import fetch_text_dataset
+
+        return fetch_text_dataset(plan)
     cfg = get_config_type(plan["config_type"])
     kind, dataset = plan["dataset_kind"], plan["dataset"]
     if kind == "demo":

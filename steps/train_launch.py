@@ -54,6 +54,8 @@ def prepare_node_inputs(
     workdir.mkdir(parents=True, exist_ok=True)
     norm_path = workdir / "norm_stats.json"
     norm_path.write_text(json.dumps(norm_stats, indent=2) + "\n")
+    if plan.get("kind") == "text":  # a Hugging Face tokenizer folder / Hub id, "" = the model's own
+        return NodeInputs(node_dataset_root(plan, fetched), str(norm_path), plan.get("tokenizer") or "")
     tok_path = workdir / "tokenizer.model"
     tok_path.write_bytes(tokenizer_model)
     return NodeInputs(node_dataset_root(plan, fetched), str(norm_path), str(tok_path))
@@ -61,6 +63,8 @@ def prepare_node_inputs(
 
 def node_dataset_root(plan: dict, fetched: dict) -> str:
     """The dataset on this machine: fetch_data's folder when it is here, else fetched again by id."""
+    if plan.get("kind") == "text":  # a local file or a Hub id; the text task loads either itself
+        return fetched["path"]
     if (Path(fetched["path"]) / "meta" / "info.json").is_file():
         return fetched["path"]
     return _refetch(plan, fetched)

@@ -54,6 +54,8 @@ class RunPlan:
     procs_per_node: int
     tracking_uri: str
     model_variant: str
+    kind: str = "vla"  # "vla" | "text" (the config type's kind)
+    tokenizer: str | None = None  # text: a tokenizer folder / Hub id (None: the model's own)
 
     @property
     def world_size(self) -> int:
@@ -181,6 +183,7 @@ def validate_run_inputs(
     check_tracking: bool = True,
     check_remote: bool = True,
     remote: bool = False,
+    tokenizer: str | None = None,
 ) -> RunPlan:
     """Validate the run's command-line values; return the resolved plan or raise InputError."""
     from data_adapters.config_types import get_config_type, require_dataset
@@ -194,6 +197,7 @@ def validate_run_inputs(
         raise InputError(f"--config_type: {_one_line(exc)}") from None
     if config_type.lower().endswith((".yaml", ".yml")):
         config_type = str(Path(config_type).expanduser().resolve())
+    is_text = getattr(ct, "kind", None) == "text"
 
     _positive("max_steps", max_steps)
     _positive("batch_size", batch_size)
@@ -205,7 +209,8 @@ def validate_run_inputs(
         raise InputError(f"--lora_rank: must be an integer >= 1 when --lora is on, got {lora_rank!r}")
     if not isinstance(eval_episodes, int) or eval_episodes < 0:
         raise InputError(f"--eval_episodes: must be an integer >= 0, got {eval_episodes!r}")
-    _check_pretrained(pretrained, demo)
+    if not is_text:  # text: --pretrained names the base model, with or without --demo
+        _check_pretrained(pretrained, demo)
 
     if demo:
         max_steps = max_steps or DEMO_DEFAULTS["max_steps"]
@@ -220,15 +225,29 @@ def validate_run_inputs(
             f"({nodes} node(s) x {procs_per_node} process(es))"
         )
 
-    if dataset is None and demo:
+    if is_text:
+        from steps.text_flow_steps import check_text_inputs
+
+        try:
+            text = check_text_inputs(ct, dataset=dataset, pretrained=pretrained, tokenizer=tokenizer)
+        except ValueError as exc:
+            raise InputError(_one_line(exc)) from None
+        dataset, kind = text["dataset"], text["dataset_kind"]
+        pretrained, tokenizer = text["model"], text["tokenizer"]
+        if kind == "hub" and check_remote:
+            check_hub_dataset(dataset, dataset_revision)
+    elif dataset is None and demo:
         dataset, dataset_revision = DEMO_DATASET, None
     else:
         try:
             dataset, dataset_revision = require_dataset(ct, dataset, dataset_revision)
         except ValueError as exc:
             raise InputError(f"--dataset: {_one_line(exc)}") from None
-    kind = classify_dataset(dataset)
-    if kind == "local":
+    if not is_text:
+        kind = classify_dataset(dataset)
+    if is_text:
+        pass  # model, dataset and tokenizer checked above
+    elif kind == "local":
         path = Path(dataset.removeprefix("file://")).expanduser().resolve()
         check_local_dataset(path, ct)
         dataset = str(path)
@@ -275,7 +294,10 @@ def validate_run_inputs(
         nodes=nodes,
         procs_per_node=procs_per_node,
         tracking_uri=uri,
-        model_variant="tiny" if demo else "real",
+        # Text: the model is --pretrained or the config type's, also with --demo.
+        model_variant="tiny" if demo and not is_text else "real",
+        kind="text" if is_text else "vla",
+        tokenizer=tokenizer if is_text else None,
     )
 
 
