@@ -1,0 +1,136 @@
+"""Text SFT through the same flow (issue 9): start's checks for text inputs, and a demo-sized run end to end.
+
+The flow runs as a real local Metaflow run in a subprocess (isolated datastore, Metaflow home, sqlite
+MLflow and caches under tmp, as in tests/test_flow.py) on a tiny random Llama, a tokenizer made
+locally and a small chat jsonl (tests/text_helpers.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from steps.validate_inputs import InputError, validate_run_inputs
+from tests.test_flow import FLOW, flow_env, inspect_run, run_flow
+from tests.text_helpers import chat_rows, make_model_folder, write_jsonl, write_text_yaml
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    base = tmp_path_factory.mktemp("text_flow")
+    model = make_model_folder(base / "model")
+    data = write_jsonl(base / "chat.jsonl", chat_rows())
+    yaml_path = write_text_yaml(base / "tiny_text.yaml", model=model, dataset=data)
+    bad = base / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "no chat here"}) + "\n")
+    return {"base": base, "model": model, "data": data, "yaml": yaml_path, "bad": bad}
+
+
+# --- start: text inputs (fast) ----------------------------------------------------------------------
+
+
+def test_text_plan_resolves_model_dataset_and_keeps_real_variant(assets, tmp_path):
+    plan = validate_run_inputs(config_type=str(assets["yaml"]), demo=True, lora=True, lora_rank=4,
+                               tracking_uri=f"sqlite:///{tmp_path}/m.db")  # fmt: skip
+    assert plan.kind == "text" and plan.model_type == "causal_lm"
+    assert plan.pretrained == str(assets["model"].resolve()) and plan.dataset == str(assets["data"].resolve())
+    assert plan.dataset_kind == "local" and plan.model_variant == "real" and plan.lora_rank == 4
+    assert plan.max_steps and plan.global_batch and plan.tokenizer is None
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        (
+            "bad_fields",
+            r"--dataset: .*bad\.jsonl row 0 has no field\(s\) \['prompt', 'completion'\].*'messages'",
+        ),
+        ("missing_dataset", r"--dataset: local path /no/such/chat\.jsonl does not exist"),
+        ("missing_model", r"--pretrained: /no/model is not a Hugging Face model folder"),
+        ("no_model", r"--pretrained: config type 'text_sft' names no model"),
+        ("no_dataset", r"--dataset: required for config type 'text_sft'"),
+        ("batch", r"--batch_size: global batch 5 is not divisible by the world size 2"),
+        ("lora", r"--lora_rank: must be an integer >= 1"),
+    ],
+)
+def test_bad_text_inputs_are_rejected(assets, tmp_path, case, match):
+    args = {"config_type": str(assets["yaml"]), "demo": True, "tracking_uri": f"sqlite:///{tmp_path}/m.db"}
+    args.update({
+        "bad_fields": {"dataset": str(assets["bad"])},
+        "missing_dataset": {"dataset": "/no/such/chat.jsonl"},
+        "missing_model": {"pretrained": "/no/model"},
+        "no_model": {"config_type": "text_sft", "dataset": str(assets["data"])},
+        "no_dataset": {"config_type": "text_sft", "pretrained": str(assets["model"])},
+        "batch": {"batch_size": 5, "nodes": 2},
+        "lora": {"lora": True, "lora_rank": 0},
+    }[case])  # fmt: skip
+    with pytest.raises(InputError, match=match):
+        validate_run_inputs(**args)
+
+
+def test_bad_text_dataset_fails_in_start(assets, tmp_path):
+    """Through the flow: one 'Invalid input' line naming the dataset, the row and the fields; nothing else ran."""
+    root = tmp_path / "bad"
+    root.mkdir()
+    proc = subprocess.run([sys.executable, str(FLOW), "run", "--config_type", str(assets["yaml"]), "--demo",
+                           "--dataset", str(assets["bad"])], cwd=root, env=flow_env(root), capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-2000:]
+    assert "Invalid input:" in out, out[-2000:]
+    expected = "bad.jsonl row 0 has no field(s) ['prompt', 'completion']: expected 'messages' (chat)"
+    assert [line for line in out.splitlines() if "--dataset:" in line and expected in line], out[-2000:]
+    assert "/fetch_data/" not in out and "Traceback" not in out
+
+
+# --- end to end (slow) -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_text_demo_flow_end_to_end_registers_a_generating_model(assets, tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    proc = run_flow(tmp_path, "run", "--config_type", str(assets["yaml"]), "--demo", "--max_steps", "8", "--lora",
+                    "--lora_rank", "4", "--model_name", "tiny-text-flow")  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    info = inspect_run(tmp_path)
+    assert info["successful"] and all(info["steps"].values()), info["steps"]
+    assert set(info["steps"]) >= {"start", "fetch_data", "compute_norm_stats", "train", "join", "evaluate",
+                                  "register", "end"}  # fmt: skip
+    assert info["plan"]["kind"] == "text" and info["plan"]["finetune"] == "lora"
+    assert info["train_result"]["final_step"] == 8
+    m = info["eval_metrics"]
+    assert m["val_samples"] == 6 and m["perplexity"] == pytest.approx(math.exp(m["val_loss"]))
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.get_run(info["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["plan.kind"] == "text" and run.data.params["plan.lora_rank"] == "4"
+    metrics = run.data.metrics
+    assert metrics["eval/val_loss"] == pytest.approx(m["val_loss"]) and "eval/perplexity" in metrics
+    assert metrics["data/count"] == 18 and metrics["data/label_tokens_total"] > 0  # 24 rows, 6 held out
+    assert "train/loss" in metrics and "train/lr" in metrics, sorted(metrics)
+    assert [h.step for h in client.get_metric_history(run.info.run_id, "val/loss")] == [2, 4, 6, 8]
+    dl = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="eval/completions.json",
+                                                  dst_path=str(tmp_path / "dl"), tracking_uri=uri))  # fmt: skip
+    table = json.loads(dl.read_text())
+    assert table["columns"] == ["row", "prompt", "reference", "completion"] and len(table["data"]) == 3
+
+    mv = info["model_version"]
+    assert (mv["name"], mv["alias"]) == ("tiny-text-flow", "candidate")
+    version = client.get_model_version_by_alias("tiny-text-flow", "candidate")
+    assert version.version == mv["version"] and version.run_id == run.info.run_id
+    assert version.tags["finetune"] == "lora" and "metric.perplexity" in version.tags
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/tiny-text-flow@candidate")
+    out = model.predict(
+        {"messages": [[{"role": "user", "content": "repeat red"}]]}, params={"max_new_tokens": 3}
+    )
+    assert len(out) == 1 and isinstance(out[0], str)
