@@ -126,7 +126,7 @@ def test_text_demo_flow_end_to_end_registers_a_generating_model(assets, tmp_path
     mv = info["model_version"]
     assert (mv["name"], mv["alias"]) == ("tiny-text-flow", "candidate")
     version = client.get_model_version_by_alias("tiny-text-flow", "candidate")
-    assert version.version == mv["version"] and version.run_id == run.info.run_id
+    assert str(version.version) == mv["version"] and version.run_id == run.info.run_id
     assert version.tags["finetune"] == "lora" and "metric.perplexity" in version.tags
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/tiny-text-flow@candidate")
