@@ -63,14 +63,30 @@ def render_train_card(card, *, plan: Mapping, result: Mapping | None, history: S
 
 
 def render_eval_card(card, *, plan: Mapping, metrics: Mapping[str, float], episodes: Sequence[int],
-                     seconds: float, mlflow_run_id: str | None) -> None:  # fmt: skip
-    from metaflow.cards import Markdown
+                     seconds: float, mlflow_run_id: str | None,
+                     images: Mapping[str, str] | None = None) -> None:  # fmt: skip
+    """Headline metrics, success rates, the full metric table and the evaluation's PNG images."""
+    from pathlib import Path
+
+    from metaflow.cards import Image, Markdown
 
     card.append(Markdown(f"# Evaluation — {plan['config_type_name']}"))
     card.append(
         Markdown(f"Held-out episodes: {list(episodes)} · {seconds:.1f} s · MLflow run `{mlflow_run_id}`")
     )
-    _table(card, [(k, _fmt(v)) for k, v in sorted(metrics.items())], ["metric", "value"])
+    headline = [k for k in ("val_loss", "val_action_mse", "val_action_mae", "val_first_step_mse", "sim/success_rate")
+                if k in metrics]  # fmt: skip
+    if headline:
+        _table(card, [(k, _fmt(metrics[k])) for k in headline], ["headline metric", "value"])
+    sim = sorted(k for k in metrics if k.startswith("sim/"))
+    if sim:
+        _table(card, [(k, _fmt(metrics[k])) for k in sim], ["closed-loop", "value"])
+    for name, path in sorted((images or {}).items()):
+        if name.endswith(".png") and Path(path).is_file():
+            card.append(Markdown(f"### {name}"))
+            card.append(Image(Path(path).read_bytes(), label=name))
+    rest = sorted(k for k in metrics if k not in headline and not k.startswith("sim/"))
+    _table(card, [(k, _fmt(metrics[k])) for k in rest], ["metric", "value"])
 
 
 def _fmt(value) -> str:

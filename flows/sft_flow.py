@@ -87,6 +87,14 @@ class SFTFlow(FlowSpec):
     eval_episodes = Parameter("eval_episodes", default=2, type=int, help="Episodes held out for evaluation.")
     eval_samples = Parameter("eval_samples", default=None, type=int,
                              help="Frames evaluated, evenly spaced (default: 256; 32 with --demo).")  # fmt: skip
+    sim_episodes = Parameter("sim_episodes", default=None, type=int,
+                             help="Closed-loop episodes per task for simulator config types (Meta-World); "
+                                  "0 = off (default: 10; 2 with --demo).")  # fmt: skip
+    sim_max_steps = Parameter("sim_max_steps", default=None, type=int,
+                              help="Step limit of a closed-loop episode (default: 500; 100 with --demo).")  # fmt: skip
+    sim_tasks = Parameter("sim_tasks", default=None, type=str,
+                          help="Comma-separated Meta-World tasks to roll out (default: the dataset's tasks "
+                               "for generated data, else all 50).")  # fmt: skip
     experiment = Parameter("experiment", default="vla-sft", help="MLflow experiment name.")
     model_name = Parameter("model_name", default=None, type=str,
                            help="Registered model name (default: the config type's name).")  # fmt: skip
@@ -99,6 +107,7 @@ class SFTFlow(FlowSpec):
     def start(self):
         """Validate every input in seconds; create or reuse the MLflow run; fix the lineage id."""
         from steps import train_launch, validate_inputs
+        from steps.evaluate import check_sim_options
         from steps.run_assets import PALIGEMMA_TOKENIZER_URL, TINY_TOKENIZER, check_tokenizer_spec
 
         try:
@@ -118,6 +127,7 @@ class SFTFlow(FlowSpec):
             else:
                 check_tokenizer_spec(self.tokenizer_spec)
             train_launch.check_train_options(self.train_options)
+            check_sim_options(self.demo, self.sim_episodes, self.sim_max_steps, self.sim_tasks)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
         self.plan = {**plan.to_dict(), "finetune": plan.finetune, "world_size": plan.world_size}
@@ -238,9 +248,10 @@ class SFTFlow(FlowSpec):
     @resources(cpu=cluster.cpu, memory=cluster.memory, gpu=cluster.eval_gpus)
     @step
     def evaluate(self):
-        """Validation loss of the exported model on the held-out episodes (register logs it to MLflow)."""
-        from steps import train_launch
-        from steps.evaluate import evaluate_export
+        """Held-out metrics (validation loss, action-chunk errors, plots) and, for simulator config types,
+        closed-loop success rates of the exported model, through the registered model's inference path."""
+        from steps import tracking, train_launch
+        from steps.evaluate import evaluate_export, sim_settings
         from steps.run_assets import default_cache_dir
 
         workdir = default_cache_dir() / "runs" / self.lineage_id / "evaluate"
@@ -255,23 +266,29 @@ class SFTFlow(FlowSpec):
             self.eval_metrics, self.eval_details = result.metrics, result.details
             self.next(self.register)
             return
+        sim_episodes, sim_max_steps = sim_settings(self.plan["demo"], self.sim_episodes, self.sim_max_steps)
         with _timed(self, "evaluate"):
             dataset_root = train_launch.node_dataset_root(self.plan, self.fetched)
             result = evaluate_export(export_dir, dataset_root, self.fetched["val_episodes"],
-                                     max_samples=self.plan["eval_samples"],
-                                     device="cuda" if self.cluster.gpus_per_node else "cpu")  # fmt: skip
-        self.eval_metrics = result.metrics  # logged to MLflow by register (one MLflow import fewer)
+                                     max_samples=self.plan["eval_samples"], out_dir=workdir / "outputs",
+                                     device="cuda" if self.cluster.gpus_per_node else "cpu",
+                                     sim_episodes=sim_episodes, sim_max_steps=sim_max_steps,
+                                     sim_tasks=[t.strip() for t in self.sim_tasks.split(",")] if self.sim_tasks else None)  # fmt: skip
+            tracking.log_files(self.tracking_uri, self.mlflow_run_id, result.artifacts, artifact_path="eval")
+        self.eval_metrics = result.metrics  # logged to MLflow by register, with the version's tags
+        self.eval_details = result.details
         from flows.cards import render_eval_card
 
         render_eval_card(current.card["evaluate"], plan=self.plan, metrics=result.metrics, episodes=result.episodes,
-                         seconds=result.seconds, mlflow_run_id=self.mlflow_run_id)  # fmt: skip
+                         seconds=result.seconds, mlflow_run_id=self.mlflow_run_id,
+                         images=result.artifacts)  # fmt: skip
         self.next(self.register)
 
     @step
     def register(self):
         """Register the exported model (idempotent per lineage) with lineage tags; alias ``candidate``;
         close the MLflow run (here rather than in ``end``, which then needs no MLflow import)."""
-        from steps import register, tracking, train_launch
+        from steps import model_logging, register, tracking, train_launch
         from steps.run_assets import default_cache_dir
 
         export_dir = train_launch.local_export(
@@ -300,10 +317,13 @@ class SFTFlow(FlowSpec):
             self.next(self.end)
             return
         with _timed(self, "register"):
+            model_logging.write_model_card(export_dir, metrics=self.eval_metrics, lineage=tags)
             version = register.register_model(
                 self.tracking_uri, name=self.model_name or register.model_name_for(self.plan["config_type"]),
                 model_dir=export_dir, run_id=self.mlflow_run_id, lineage_id=self.lineage_id, tags=tags,
                 metrics=self.eval_metrics,
+                log_model=lambda: model_logging.log_policy_model(
+                    export_dir, run_id=self.mlflow_run_id, tracking_uri=self.tracking_uri).model_uri,
             )  # fmt: skip
             tracking.log_metrics(self.tracking_uri, self.mlflow_run_id,
                                  {f"eval/{k}": v for k, v in self.eval_metrics.items()},

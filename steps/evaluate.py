@@ -1,12 +1,16 @@
-"""Evaluate an exported model on held-out episodes.
+"""Evaluate an exported model: held-out episodes offline, and closed-loop in a simulator where one exists.
 
-Minimal for now (issue 6): the flow-matching validation loss with the same fixed noise and time per
-frame as training's validation (``steps.data_loader.ValSamples``), so the number is comparable with
-``val/loss`` during training. The evaluation issue adds action-chunk errors after sampling, plots and
-closed-loop simulator evaluation behind the same entry point, ``evaluate_export``.
+``evaluate_export`` loads the export folder as the inference policy (``steps.policy.Policy``, the same
+code path as the registered MLflow model) and runs
 
-Only the export folder is read (weights, norm stats, tokenizer, resolved train config and config type),
-so evaluation needs nothing from the training process. torch is imported lazily.
+- ``steps.offline_eval.evaluate_offline`` on the held-out episodes: the flow-matching ``val_loss``
+  (same fixed noise and time per frame as training's validation, so it is comparable with
+  ``val/loss``), and action-chunk errors after sampling in robot units (``val_action_mse`` / ``_mae``,
+  per dimension, per horizon step, first step), with plots;
+- for config types that declare Meta-World (``simulator: metaworld``), ``steps.sim_eval.evaluate_metaworld``:
+  success rates per task (keyed by environment name) and per difficulty, plus rollout media.
+
+Only the export folder and the dataset are read, so evaluation needs nothing from the training process.
 """
 
 from __future__ import annotations
@@ -18,6 +22,39 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Closed-loop defaults (LeRobot's protocol: 10 episodes per task, up to 500 steps, success if ever reached);
+# the --demo run keeps it to a few minutes on a CPU.
+SIM_EPISODES = 10
+SIM_MAX_STEPS = 500
+DEMO_SIM_EPISODES = 2
+DEMO_SIM_MAX_STEPS = 100
+
+
+def sim_settings(demo: bool, episodes: int | None, max_steps: int | None) -> tuple[int, int]:
+    """(episodes per task, step limit) for the closed-loop evaluation: explicit values win, then defaults."""
+    default_episodes, default_steps = (
+        (DEMO_SIM_EPISODES, DEMO_SIM_MAX_STEPS) if demo else (SIM_EPISODES, SIM_MAX_STEPS)
+    )
+    episodes = default_episodes if episodes is None else episodes
+    max_steps = default_steps if max_steps is None else max_steps
+    if episodes < 0 or max_steps <= 0:
+        raise ValueError(
+            f"--sim_episodes / --sim_max_steps: must be >= 0 / > 0, got {episodes} / {max_steps}"
+        )
+    return episodes, max_steps
+
+
+def check_sim_options(demo: bool, episodes: int | None, max_steps: int | None, tasks: str | None) -> None:
+    """Validate the closed-loop options in ``start`` (before any compute)."""
+    sim_settings(demo, episodes, max_steps)
+    if tasks:
+        from steps.metaworld_tasks import check_task_names
+
+        try:
+            check_task_names([t.strip() for t in tasks.split(",")])
+        except ValueError as err:
+            raise ValueError(f"--sim_tasks: {err}") from None
+
 
 @dataclass
 class EvalResult:
@@ -25,14 +62,27 @@ class EvalResult:
     num_samples: int
     episodes: list[int]
     seconds: float
+    # name -> local file (PNG plots, rollout GIFs / strips), logged to MLflow and shown in the card.
+    artifacts: dict[str, str] = field(default_factory=dict)
     details: dict = field(default_factory=dict)
 
 
-def load_export_config_type(export_dir: str | os.PathLike):
-    """The ConfigType the model was trained with, rebuilt from ``config_type.json`` in the export."""
-    from data_adapters.config_types import ConfigType
+def sim_tasks_for(dataset_root: str | os.PathLike, tasks: Sequence[str] | None) -> list[str]:
+    """Tasks to roll out: the given ones, else those a generated dataset was made from, else all MT50."""
+    if tasks:
+        return list(tasks)
+    from steps.metaworld_data import read_generation_meta
+    from steps.metaworld_tasks import TASKS
 
-    return ConfigType.from_dict(json.loads((Path(export_dir) / "config_type.json").read_text()))
+    try:
+        return list(read_generation_meta(dataset_root)["spec"]["tasks"])
+    except FileNotFoundError:
+        return list(TASKS)
+
+
+def _image_resolution(dataset_root: str | os.PathLike, camera_key: str) -> int:
+    info = json.loads((Path(dataset_root) / "meta" / "info.json").read_text())
+    return int(info["features"][camera_key]["shape"][0])
 
 
 def evaluate_export(
@@ -44,20 +94,16 @@ def evaluate_export(
     batch_size: int = 8,
     seed: int = 0,
     device: str = "cpu",
+    out_dir: str | os.PathLike | None = None,
+    sim_episodes: int = SIM_EPISODES,
+    sim_max_steps: int = SIM_MAX_STEPS,
+    sim_tasks: Sequence[str] | None = None,
 ) -> EvalResult:
-    """Validation loss of the exported model on ``episodes`` of the dataset (at most ``max_samples`` frames).
-
-    Metrics: ``val_loss`` (mean over all 32 padded action dims, openpi's training loss) and
-    ``val_loss_robot_dims`` (only the robot's own action dims).
+    """Offline metrics on ``episodes`` (at most ``max_samples`` frames) and, for simulator config types,
+    ``sim_episodes`` closed-loop episodes per task (0 turns the simulator off).
     """
-    import torch
-
-    from data_adapters.lerobot_reader import LeRobotFrames
-    from data_adapters.normalization import NormStats
-    from data_adapters.tokenizer import PromptTokenizer
-    from data_adapters.transforms import InputTransform, collate
-    from model_zoo.checkpoint import load_model
-    from steps.data_loader import ValSamples, evenly_spaced
+    from steps.offline_eval import evaluate_offline
+    from steps.policy import Policy
 
     started = time.perf_counter()
     export_dir = Path(export_dir)
@@ -66,45 +112,43 @@ def evaluate_export(
         raise ValueError("episodes: no held-out episodes to evaluate on (raise --eval_episodes)")
     if max_samples <= 0 or batch_size <= 0:
         raise ValueError(f"max_samples / batch_size: must be > 0, got {max_samples} / {batch_size}")
+    if sim_episodes < 0 or sim_max_steps <= 0:
+        raise ValueError(
+            f"sim_episodes / sim_max_steps: must be >= 0 / > 0, got {sim_episodes} / {sim_max_steps}"
+        )
     train_config = json.loads((export_dir / "train_config.json").read_text())
-    ct = load_export_config_type(export_dir)
-    norm_stats = NormStats.load(export_dir / "norm_stats.json")
-    tokenizer = PromptTokenizer(export_dir / "tokenizer.model", ct.max_token_len)
-    model = load_model(export_dir).to(device).eval()
+    out = Path(out_dir) if out_dir is not None else None
 
-    frames = LeRobotFrames(dataset_root, state_keys=ct.state_keys, action_keys=ct.action_keys,
-                           camera_keys=ct.camera_keys, horizon=ct.action_horizon, episodes=episodes)  # fmt: skip
-    indices = evenly_spaced(len(frames), max_samples)
-    transform = InputTransform(ct, norm_stats, tokenizer, train=False)
-    samples = ValSamples(frames, transform, indices, seed=int(train_config.get("seed", seed)),
-                         horizon=ct.action_horizon)  # fmt: skip
-    loader = torch.utils.data.DataLoader(samples, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    total_all = total_robot = 0.0
-    count_all = count_robot = 0
-    with torch.no_grad():
-        for batch in loader:
-            noise, t = batch.pop("noise"), batch.pop("time")
-            batch.pop("position", None)
-            per_element = model.compute_loss(_to(batch, device), noise.to(device), t.to(device)).float()
-            total_all += float(per_element.sum())
-            count_all += per_element.numel()
-            robot = per_element[..., : ct.action_dim]
-            total_robot += float(robot.sum())
-            count_robot += robot.numel()
-    metrics = {
-        "val_loss": total_all / count_all,
-        "val_loss_robot_dims": total_robot / count_robot,
-        "val_samples": float(len(samples)),
-    }
-    return EvalResult(metrics=metrics, num_samples=len(samples), episodes=episodes,
-                      seconds=time.perf_counter() - started)  # fmt: skip
+    policy = Policy.from_export(export_dir, device=device, seed=seed)
+    offline = evaluate_offline(
+        policy, dataset_root, episodes, num_samples=max_samples, batch_size=batch_size,
+        seed=int(train_config.get("seed", seed)), out_dir=out,
+        loss_reduction=train_config.get("loss_reduction"), mask_padded=train_config.get("mask_padded_actions"),
+    )  # fmt: skip
+    metrics = dict(offline.metrics)
+    artifacts = {f"plots/{name}.png": str(path) for name, path in offline.plots.items()}
+    details: dict = {"offline_seconds": offline.seconds}
 
+    ct = policy.config_type
+    if ct.simulator == "metaworld" and sim_episodes > 0:
+        from steps.sim_eval import evaluate_metaworld
 
-def _to(batch, device):
-    import torch
-
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    return batch
+        tasks = sim_tasks_for(dataset_root, sim_tasks)
+        sim = evaluate_metaworld(
+            policy.predict, tasks, episodes_per_task=sim_episodes, max_steps=sim_max_steps,
+            replan_every=ct.action_horizon, resolution=_image_resolution(dataset_root, ct.camera_keys[0]),
+            out_dir=out / "rollouts" if out is not None else None,
+        )  # fmt: skip
+        metrics.update(sim.metrics())
+        artifacts.update({f"rollouts/{Path(p).name}": str(p) for p in sim.media})
+        details.update(
+            sim_tasks=tasks, sim_per_task=dict(sim.per_task), sim_per_difficulty=dict(sim.per_difficulty)
+        )
+    return EvalResult(
+        metrics=metrics,
+        num_samples=int(metrics.get("num_samples", len(offline.samples))),
+        episodes=offline.episodes,
+        seconds=time.perf_counter() - started,
+        artifacts=artifacts,
+        details=details,
+    )

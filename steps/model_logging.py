@@ -9,6 +9,8 @@ are installed, and no pickle is ever loaded.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -74,9 +76,18 @@ def write_model_card(
     return path
 
 
-def log_policy_model(export_dir: str | Path, *, name: str = "policy", run_id: str | None = None):
+def log_policy_model(
+    export_dir: str | Path,
+    *,
+    name: str = "policy",
+    run_id: str | None = None,
+    tracking_uri: str | None = None,
+):
     """Log ``export_dir`` as a pyfunc under the active (or given) MLflow run; returns MLflow's ModelInfo."""
     import mlflow
+
+    if tracking_uri is not None:
+        mlflow.set_tracking_uri(tracking_uri)
     from mlflow.models import infer_signature
 
     from steps.policy import Policy
@@ -89,15 +100,26 @@ def log_policy_model(export_dir: str | Path, *, name: str = "policy", run_id: st
     wrapper = PolicyModel()
     wrapper.policy = policy
     signature = infer_signature(example, wrapper.predict(None, example))
-    kwargs = dict(
-        name=name,
-        python_model=str(PYFUNC_FILE),
-        artifacts={"export": str(export_dir)},
-        code_paths=[str(PROJECT_ROOT / pkg) for pkg in CODE_PACKAGES],
-        input_example=example,
-        signature=signature,
-    )
-    if run_id is not None and (mlflow.active_run() is None or mlflow.active_run().info.run_id != run_id):
-        with mlflow.start_run(run_id=run_id):
-            return mlflow.pyfunc.log_model(**kwargs)
-    return mlflow.pyfunc.log_model(**kwargs)
+    with tempfile.TemporaryDirectory(prefix="vla-sft-code-") as code_dir:
+        kwargs = dict(
+            name=name,
+            python_model=str(PYFUNC_FILE),
+            artifacts={"export": str(export_dir)},
+            code_paths=_stage_code(Path(code_dir)),
+            input_example=example,
+            signature=signature,
+        )
+        if run_id is not None and (mlflow.active_run() is None or mlflow.active_run().info.run_id != run_id):
+            with mlflow.start_run(run_id=run_id):
+                return mlflow.pyfunc.log_model(**kwargs)
+        return mlflow.pyfunc.log_model(**kwargs)
+
+
+def _stage_code(dest: Path) -> list[str]:
+    """Copies of the project packages the pyfunc imports, without caches or shipped demo data."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "demo_data")
+    paths = []
+    for pkg in CODE_PACKAGES:
+        shutil.copytree(PROJECT_ROOT / pkg, dest / pkg, ignore=ignore)
+        paths.append(str(dest / pkg))
+    return paths

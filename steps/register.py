@@ -17,7 +17,7 @@ leaves an empty registered model behind, DESIGN.md section 6). ``mlflow`` is imp
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,8 +116,14 @@ def register_model(
     metrics: Mapping[str, float] | None = None,
     alias: str | None = DEFAULT_ALIAS,
     description: str | None = None,
+    log_model: Callable[[], str] | None = None,
 ) -> RegisteredVersion:
-    """Create (or find) the model version of this training run and point ``alias`` at it."""
+    """Create (or find) the model version of this training run and point ``alias`` at it.
+
+    ``log_model``, when given, logs the model (e.g. as an MLflow pyfunc) and returns its URI, used as
+    the version's source instead of the plain uploaded folder; it is only called when no version of
+    this run exists yet, so a rerun logs nothing twice.
+    """
     from mlflow.tracking import MlflowClient
 
     if not Path(model_dir).is_dir():
@@ -136,7 +142,7 @@ def register_model(
                 client.set_model_version_tag(name, existing.version, key, value)
         version, source, created = str(existing.version), existing.source, False
     else:
-        source = upload_model_folder(client, run_id, model_dir)
+        source = log_model() if log_model is not None else upload_model_folder(client, run_id, model_dir)
         mv = client.create_model_version(
             name, source=source, run_id=run_id, tags=all_tags, description=description
         )

@@ -272,6 +272,19 @@ def log_artifacts(uri: str, run_id: str, local_dir: str | os.PathLike, artifact_
     return f"{base}/{artifact_path}" if artifact_path else base
 
 
+def log_files(uri: str, run_id: str, files: Mapping[str, str], artifact_path: str | None = None) -> None:
+    """Log local files under ``artifact_path``/<name's folder> (``files``: name -> local path)."""
+    if not files:
+        return
+    configure_mlflow_env()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    for name, path in files.items():
+        folder = "/".join(p for p in (artifact_path, os.path.dirname(name)) if p) or None
+        client.log_artifact(run_id, path, folder)
+
+
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     from mlflow.tracking import MlflowClient
 

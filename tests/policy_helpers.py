@@ -40,4 +40,5 @@ def make_tiny_export(root: Path, config_type_name: str = "pi05_metaworld", seed:
     )
     train_tiny_tokenizer(export / "tokenizer.model")
     (export / "config_type.json").write_text(json.dumps(cfg.to_dict(), default=list))
+    (export / "train_config.json").write_text(json.dumps({"seed": seed}))
     return export

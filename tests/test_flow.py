@@ -303,8 +303,9 @@ def _mlflow_checks(root: Path, info: dict, *, expect_world_size: int) -> None:
     steps = [m.step for m in history]
     assert len(steps) == len(set(steps)), "duplicate metric steps after resume"
     assert max(steps) == info["train_result"]["final_step"]
-    artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "model")}
-    assert {"model/model.safetensors", "model/norm_stats.json", "model/tokenizer.model"} <= artifacts
+    assert "eval/val_action_mse" in run.data.metrics
+    plots = {f.path for f in client.list_artifacts(run.info.run_id, "eval/plots")}
+    assert {"eval/plots/trajectories.png", "eval/plots/error_by_step.png"} <= plots
     mv = info["model_version"]
     versions = client.search_model_versions(f"name = '{mv['name']}'")
     mine = [v for v in versions if v.tags.get("vla_sft.lineage_id") == info["lineage_id"]]
@@ -316,6 +317,19 @@ def _mlflow_checks(root: Path, info: dict, *, expect_world_size: int) -> None:
     assert str(client.get_registered_model(mv["name"]).aliases["candidate"]) == str(mine[0].version)
     runs = client.search_runs([run.info.experiment_id], f"tags.`vla_sft.lineage_id` = '{info['lineage_id']}'")
     assert len(runs) == 1, "one MLflow run per lineage"
+    # The registered version is the pyfunc policy: it loads by alias and answers raw observations.
+    import mlflow
+    import numpy as np
+
+    from data_adapters.config_types import get_config_type
+    from steps.model_logging import example_input
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{mv['name']}@candidate")
+        assert np.asarray(model.predict(example_input(get_config_type("pi05_metaworld")))).shape == (1, 5, 4)
+    finally:
+        mlflow.set_tracking_uri(None)
 
 
 @pytest.mark.slow
@@ -325,7 +339,7 @@ def test_demo_flow_end_to_end_on_two_local_nodes_with_a_preemption(tmp_path):
     succeeds; MLflow has params, metrics, artifacts and one registered version with lineage tags."""
     env = flow_env(tmp_path, VLA_SFT_FAIL_AFTER_STEP="6")
     result = run_flow(tmp_path, "--config-value", "cluster", '{"nodes": 2, "retries": 1}', "run", "--demo",
-                      "--max_steps", "12", env=env)  # fmt: skip
+                      "--max_steps", "12", "--sim_episodes", "1", "--sim_max_steps", "15", env=env)  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     info = inspect_run(tmp_path)
     assert info["successful"]
@@ -337,13 +351,19 @@ def test_demo_flow_end_to_end_on_two_local_nodes_with_a_preemption(tmp_path):
     assert info["train_result"]["final_step"] == info["plan"]["max_steps"] == 12
     assert f"mlflow_run_id:{info['mlflow_run_id']}" in info["tags"]
     _mlflow_checks(tmp_path, info, expect_world_size=2)
+    # The demo reports a success rate from real Meta-World rollouts (3 tasks x 1 episode here).
+    from mlflow.tracking import MlflowClient
+
+    metrics = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(info["mlflow_run_id"]).data.metrics
+    assert metrics["eval/sim/episodes"] == 3.0 and 0.0 <= metrics["eval/sim/success_rate"] <= 1.0
 
 
 @pytest.mark.slow
 def test_failure_in_train_then_resume_continues_from_checkpoint(tmp_path):
     """Kill training after the step-6 checkpoint (VLA_SFT_FAIL_AFTER_STEP, no retries), then `resume`."""
     cluster = ["--config-value", "cluster", '{"retries": 0}']
-    args = ["run", "--demo", "--max_steps", "12"]  # the demo checkpoints every max_steps // 4 = 3 steps
+    # The demo checkpoints every max_steps // 4 = 3 steps; no rollouts (the other demo test has them).
+    args = ["run", "--demo", "--max_steps", "12", "--sim_episodes", "0"]
     failed = run_flow(tmp_path, *cluster, *args, env=flow_env(tmp_path, VLA_SFT_FAIL_AFTER_STEP="6"))
     assert failed.returncode != 0
     first = inspect_run(tmp_path)

@@ -87,7 +87,9 @@ def test_metrics_equal_brute_force(setup):
             dim_n += not pad[k]
         # Flow-matching loss: the training validation's noise/time for this frame and seed, mean over
         # all 32 dims and all steps (the trainer's default reduction).
-        sample = ValSamples(frames, policy.input_transform, [starts[episode] + frame], seed=3, horizon=HORIZON)[0]
+        sample = ValSamples(
+            frames, policy.input_transform, [starts[episode] + frame], seed=3, horizon=HORIZON
+        )[0]
         noise, t = sample.pop("noise")[None], sample.pop("time")[None]
         sample.pop("position")
         with torch.no_grad():

@@ -16,7 +16,9 @@ NAME = "pi05_demo"
 
 def _make_version(client: MlflowClient, tmp_path, metrics: dict[str, float], tag_metrics=None) -> str:
     exp = client.get_experiment_by_name("promote-test")
-    exp_id = exp.experiment_id if exp else client.create_experiment("promote-test")
+    exp_id = (
+        exp.experiment_id if exp else client.create_experiment("promote-test", str(tmp_path / "artifacts"))
+    )
     run = client.create_run(exp_id)
     for key, value in metrics.items():
         client.log_metric(run.info.run_id, key, value)

@@ -29,6 +29,8 @@ def registered(tmp_path_factory):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # Artifacts in the temp folder, not ./mlruns (sqlite stores default to the working directory).
+    mlflow.MlflowClient().create_experiment("pyfunc-test", artifact_location=str(root / "artifacts"))
     mlflow.set_experiment("pyfunc-test")
     with mlflow.start_run() as run:
         info = log_policy_model(export)
