@@ -126,7 +126,7 @@ def evaluate_export(
         loss_reduction=train_config.get("loss_reduction"), mask_padded=train_config.get("mask_padded_actions"),
     )  # fmt: skip
     metrics = dict(offline.metrics)
-    artifacts = {f"plots/{name}.png": str(path) for name, path in offline.plots.items()}
+    artifacts = {f"plots/{Path(path).name}": str(path) for path in offline.plots.values()}
     details: dict = {"offline_seconds": offline.seconds}
 
     ct = policy.config_type

@@ -273,7 +273,8 @@ def log_artifacts(uri: str, run_id: str, local_dir: str | os.PathLike, artifact_
 
 
 def log_files(uri: str, run_id: str, files: Mapping[str, str], artifact_path: str | None = None) -> None:
-    """Log local files under ``artifact_path``/<name's folder> (``files``: name -> local path)."""
+    """Log local files as ``artifact_path``/``name`` (``files``: name -> local path; the name's last part
+    must be the file's own name, which MLflow keeps)."""
     if not files:
         return
     configure_mlflow_env()
@@ -281,6 +282,8 @@ def log_files(uri: str, run_id: str, files: Mapping[str, str], artifact_path: st
 
     client = MlflowClient(tracking_uri=uri)
     for name, path in files.items():
+        if os.path.basename(name) != os.path.basename(path):
+            raise ValueError(f"artifact name {name!r} must end with the file name of {path}")
         folder = "/".join(p for p in (artifact_path, os.path.dirname(name)) if p) or None
         client.log_artifact(run_id, path, folder)
 

@@ -24,7 +24,7 @@ def test_export_is_evaluated_offline_and_in_the_simulator(tmp_path):
     assert result.episodes == [0, 5] and result.num_samples == 4
     assert result.details["sim_tasks"] == ["reach-v3"]
     names = set(result.artifacts)
-    assert {"plots/trajectories.png", "plots/error_by_step.png"} <= names
+    assert {"plots/action_trajectories.png", "plots/error_by_step.png"} <= names
     assert any(n.startswith("rollouts/") for n in names)
     for path in result.artifacts.values():
         assert Path(path).is_file() and Path(path).stat().st_size > 0

@@ -305,7 +305,7 @@ def _mlflow_checks(root: Path, info: dict, *, expect_world_size: int) -> None:
     assert max(steps) == info["train_result"]["final_step"]
     assert "eval/val_action_mse" in run.data.metrics
     plots = {f.path for f in client.list_artifacts(run.info.run_id, "eval/plots")}
-    assert {"eval/plots/trajectories.png", "eval/plots/error_by_step.png"} <= plots
+    assert {"eval/plots/action_trajectories.png", "eval/plots/error_by_step.png"} <= plots
     mv = info["model_version"]
     versions = client.search_model_versions(f"name = '{mv['name']}'")
     mine = [v for v in versions if v.tags.get("vla_sft.lineage_id") == info["lineage_id"]]
