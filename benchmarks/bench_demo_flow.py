@@ -115,7 +115,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--nodes", type=int, default=1)
-    parser.add_argument("--warm", action="store_true", help="one shared folder (MLflow DB, caches); the cold first run is left out")
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="one shared folder (MLflow DB, caches); the cold first run is left out",
+    )
     parser.add_argument("--append-results", action="store_true", help="append to benchmarks/RESULTS.md")
     args = parser.parse_args()
     runs = []
