@@ -45,7 +45,6 @@ def write_export(
     model is modified in place (EMA copied in, LoRA merged): call this last.
     """
     from model_zoo.checkpoint import save_checkpoint
-    from model_zoo.lora import merge_lora, save_adapter
 
     export_dir = Path(export_dir)
     export_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +58,8 @@ def write_export(
                     params[name].copy_(value)
         lora = hasattr(model, "peft_config")
         if lora:
+            from model_zoo.lora import merge_lora, save_adapter  # imports peft: only for LoRA models
+
             save_adapter(model, staging / "adapter")
             merge_lora(model)
         weights = staging / "weights"

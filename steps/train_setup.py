@@ -112,7 +112,6 @@ def build_model(cfg: TrainConfig, ct, precision: str, *, load_weights: bool = Tr
     """Pi0Model from the config type and variant; pretrained weights; LoRA adapters."""
     from model_zoo.checkpoint import CheckpointError, load_pretrained
     from model_zoo.config import ModelConfig
-    from model_zoo.lora import LoraSettings, apply_lora
     from model_zoo.pi0 import Pi0Model
 
     model_config = ModelConfig(
@@ -128,6 +127,8 @@ def build_model(cfg: TrainConfig, ct, precision: str, *, load_weights: bool = Tr
             raise ValueError(f"pretrained: {cfg.pretrained} does not fit model {ct.model_type}/{cfg.model_variant}: "
                              f"{exc}") from exc  # fmt: skip
     if cfg.lora is not None:
+        from model_zoo.lora import LoraSettings, apply_lora  # imports peft (seconds): only when needed
+
         lora: LoraConfig = cfg.lora
         apply_lora(
             model, LoraSettings(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, preset=lora.preset)
