@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_model
 from torch import nn
 
+from model_zoo.files import write_dir_atomically
 from model_zoo.hub import WEIGHTS_NAME, CheckpointError, resolve_weight_files
 
 if TYPE_CHECKING:
@@ -318,22 +317,11 @@ def save_checkpoint(
         meta["model_config"] = model_config.to_dict()
     meta["checkpoint_layout"] = layout
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        save_model(_LeRobotNaming(model) if layout == "lerobot" else model, str(tmp / WEIGHTS_NAME))
-        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    def write(folder: Path) -> None:
+        save_model(_LeRobotNaming(model) if layout == "lerobot" else model, str(folder / WEIGHTS_NAME))
+        (folder / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    return write_dir_atomically(out_dir, write)
 
 
 def read_model_config(folder: str | os.PathLike):

@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +33,8 @@ from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from model_zoo.files import write_dir_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -200,24 +200,6 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
-def _atomic_dir(out_dir: Path, write) -> Path:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        write(tmp)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
 def save_adapter(model: nn.Module, out_dir: str | os.PathLike) -> Path:
     """Write the adapter in peft's format plus the fully trainable non-LoRA weights (atomically).
 
@@ -246,7 +228,7 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike) -> Path:
         save_file(non_lora_cpu, str(folder / NON_LORA_WEIGHTS_NAME), metadata={"format": "pt"})
         (folder / SETTINGS_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
-    return _atomic_dir(Path(out_dir), write)
+    return write_dir_atomically(out_dir, write)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -67,3 +67,13 @@ class EMA:
         with torch.no_grad():
             for name, value in state.items():
                 self.shadow[name].copy_(value)
+
+
+def copy_weights_into(model: nn.Module, weights: dict[str, torch.Tensor] | None) -> None:
+    """Overwrite ``model``'s parameters named in ``weights`` (e.g. EMA weights before an export)."""
+    if weights is None:
+        return
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -45,32 +44,26 @@ def write_export(
     model is modified in place (EMA copied in, LoRA merged): call this last.
     """
     from model_zoo.checkpoint import save_checkpoint
+    from model_zoo.files import write_dir_atomically
+    from steps.ema import copy_weights_into
 
-    export_dir = Path(export_dir)
-    export_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.tmp-", dir=export_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
-    try:
-        if ema_weights is not None:
-            params = dict(model.named_parameters())
-            with torch.no_grad():
-                for name, value in ema_weights.items():
-                    params[name].copy_(value)
+    def write(folder: Path) -> None:
+        copy_weights_into(model, ema_weights)
         lora = hasattr(model, "peft_config")
         if lora:
             from model_zoo.lora import merge_lora, save_adapter  # imports peft: only for LoRA models
 
-            save_adapter(model, staging / "adapter")
+            save_adapter(model, folder / "adapter")
             merge_lora(model)
-        weights = staging / "weights"
+        weights = folder / "weights"
         save_checkpoint(model, weights, config={"train_config": train_config.to_dict()}, overwrite=True)
         for item in weights.iterdir():  # save_checkpoint writes a whole folder; flatten it into ours
-            os.replace(item, staging / item.name)
+            os.replace(item, folder / item.name)
         weights.rmdir()
-        shutil.copyfile(norm_stats_path, staging / "norm_stats.json")
-        shutil.copyfile(tokenizer_path, staging / TOKENIZER_FILE)
-        train_config.to_json(staging / "train_config.json")
-        (staging / "config_type.json").write_text(
+        shutil.copyfile(norm_stats_path, folder / "norm_stats.json")
+        shutil.copyfile(tokenizer_path, folder / TOKENIZER_FILE)
+        train_config.to_json(folder / "train_config.json")
+        (folder / "config_type.json").write_text(
             json.dumps(config_type.to_dict(), indent=2, sort_keys=True, default=list) + "\n"
         )
         meta = {
@@ -85,15 +78,6 @@ def write_export(
             "norm_stats": "norm_stats.json",
             "adapter": "adapter" if lora else None,
         }
-        (staging / EXPORT_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if export_dir.exists():
-            old = export_dir.with_name(f".{export_dir.name}.old-{os.getpid()}")
-            os.replace(export_dir, old)
-            os.replace(staging, export_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, export_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return export_dir
+        (folder / EXPORT_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    return write_dir_atomically(export_dir, write)

@@ -17,9 +17,7 @@ of the whole global batch, so accumulation and world size do not change the upda
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from steps.train_config import TrainConfig
@@ -191,45 +189,31 @@ class TextTask:
     # --- export ---------------------------------------------------------------------------------
     def write_export(self, model, export_dir, *, step: int, source: str, ema_weights):
         """``save_pretrained`` folder (safetensors, LoRA merged) + tokenizer + configs, renamed into place."""
-        import torch
 
         cfg = self.cfg
-        export_dir = Path(export_dir)
-        export_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.tmp-", dir=export_dir.parent))
-        staging.chmod(0o755)
-        try:
-            if ema_weights is not None:
-                params = dict(model.named_parameters())
-                with torch.no_grad():
-                    for name, value in ema_weights.items():
-                        params[name].copy_(value)
+        from model_zoo.files import write_dir_atomically
+        from steps.ema import copy_weights_into
+
+        def write(folder: Path) -> None:
+            nonlocal model
+            copy_weights_into(model, ema_weights)
             lora = hasattr(model, "peft_config")
             if lora:
-                model.save_pretrained(staging / "adapter", safe_serialization=True)
+                model.save_pretrained(folder / "adapter", safe_serialization=True)
                 model = model.merge_and_unload()
             model.config.use_cache = True
-            model.save_pretrained(staging, safe_serialization=True)
-            self.tokenizer.save_pretrained(staging)
-            shutil.copyfile(cfg.norm_stats_path, staging / TEXT_STATS_FILE)
-            cfg.to_json(staging / "train_config.json")
-            (staging / "config_type.json").write_text(json.dumps(self.ct.to_dict(), indent=2) + "\n")
+            model.save_pretrained(folder, safe_serialization=True)
+            self.tokenizer.save_pretrained(folder)
+            shutil.copyfile(cfg.norm_stats_path, folder / TEXT_STATS_FILE)
+            cfg.to_json(folder / "train_config.json")
+            (folder / "config_type.json").write_text(json.dumps(self.ct.to_dict(), indent=2) + "\n")
             meta = {"format": "vla-sft export v1", "kind": "text", "config_type": self.ct.name,
                     "model_type": "causal_lm", "base_model": model_source(cfg, self.ct), "step": step,
                     "weights_from": source, "ema": ema_weights is not None, "finetune": "lora" if lora else "full",
                     "adapter": "adapter" if lora else None, "text_stats": TEXT_STATS_FILE}  # fmt: skip
-            (staging / EXPORT_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-            if export_dir.exists():
-                old = export_dir.with_name(f".{export_dir.name}.old-{os.getpid()}")
-                os.replace(export_dir, old)
-                os.replace(staging, export_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, export_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return export_dir
+            (folder / EXPORT_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+        return write_dir_atomically(export_dir, write)
 
 
 def causal_lm_loss_sum(module, batch: dict, *, bf16: bool = False):
