@@ -32,9 +32,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from steps.policy import to_device
 
 # Keys of a reader item the policy may see; everything else (actions, padding) is ground truth.
 _OBSERVATION_KEYS = ("images", "state", "task", "episode_index", "frame_index")
@@ -250,7 +251,7 @@ class _LossAccumulator:
         batch = collate([samples[j] for j in range(len(samples))])
         noise, t = batch.pop("noise"), batch.pop("time")
         batch.pop("position")
-        batch = _to_device(batch, policy.device)
+        batch = to_device(batch, policy.device)
         with torch.no_grad():
             per_element = self.loss_fn(batch, noise.to(policy.device), t.to(policy.device)).float()
         for name, reduction in (("val_loss", self.reduction), ("val_loss_robot_dims", "real_dims")):
@@ -261,12 +262,6 @@ class _LossAccumulator:
 
     def metrics(self) -> dict[str, float]:
         return {name: total / count for name, (total, count) in self.totals.items() if count}
-
-
-def _to_device(batch: Any, device) -> Any:
-    if isinstance(batch, Mapping):
-        return {key: _to_device(value, device) for key, value in batch.items()}
-    return batch.to(device)
 
 
 def _write_plots(out_dir: Path, meta, ct, samples, predictions, action_is_pad, metrics, *, plot_episodes):

@@ -130,7 +130,7 @@ class Policy:
             raise ValueError("predict needs at least one observation")
         raws = [self._check(obs, i) for i, obs in enumerate(obs_list)]
         batch = collate([self.input_transform(raw) for raw in raws])
-        batch = _to_device(batch, self.device)
+        batch = to_device(batch, self.device)
         cfg = self.model.config
         shape = (len(raws), cfg.action_horizon, cfg.action_dim)
         if noise is None:
@@ -143,7 +143,8 @@ class Policy:
         return actions[0] if single else actions
 
 
-def _to_device(batch: Any, device) -> Any:
+def to_device(batch: Any, device) -> Any:
+    """A (nested) dict of tensors moved to ``device``."""
     if isinstance(batch, Mapping):
-        return {key: _to_device(value, device) for key, value in batch.items()}
+        return {key: to_device(value, device) for key, value in batch.items()}
     return batch.to(device)

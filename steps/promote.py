@@ -22,7 +22,8 @@ import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-METRIC_TAG_PREFIX = "metric."
+from steps.register import METRIC_TAG_PREFIX
+
 _OPS = {
     "<=": operator.le,
     ">=": operator.ge,
