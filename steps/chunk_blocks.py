@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -67,32 +68,60 @@ def chunk_multiplicity(lengths: Sequence[int] | np.ndarray, horizon: int) -> np.
     return mult
 
 
-@dataclass
 class View:
-    """One dim of a block: float32 values to classify, weights, and exact float64 values on demand."""
+    """One dim of a block: float32 values to classify, weights, and exact float64 values on demand.
 
-    v32: np.ndarray
-    weights: np.ndarray | None
-    pick: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
-    # True when v32 holds the values exactly (float32 data, no delta subtraction).
-    exact32: bool = False
+    ``v32`` is built on first use: a delta dim classified row by row (``rows``) never needs all of it.
+    """
+
+    def __init__(
+        self,
+        make_v32: Callable[[], np.ndarray],
+        weights: np.ndarray | None,
+        pick: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
+        exact32: bool = False,
+        rows: RowView | None = None,
+    ):
+        self._make_v32 = make_v32
+        self.weights = weights
+        self.pick = pick
+        self.exact32 = exact32  # True when v32 holds the values exactly (float32 data, no delta)
+        self.rows = rows
+
+    @cached_property
+    def v32(self) -> np.ndarray:
+        return self._make_v32()
+
+
+@dataclass(frozen=True)
+class RowView:
+    """A delta dim as N rows (chunks) of H float32 values, with each row's exact float32 min and max.
+
+    The bounds let a classifier settle whole rows that lie below, above or inside an interval with
+    one comparison, and expand only the rows an interval edge cuts through.
+    """
+
+    lo: np.ndarray  # [n] float32: min over the row of the float32 values
+    hi: np.ndarray  # [n] float32: max
+    horizon: int
+    values32: Callable[[np.ndarray], np.ndarray]  # row indices [m] -> float32 values [m, H]
+    exact: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (rows, timesteps) -> float64 values
 
 
 def window_min_max(x: np.ndarray, starts: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
-    """min and max of ``x[i : i + h]`` (along axis 0) for each i in ``starts``.
+    """min and max of ``x[i : i + h]`` (along axis 0) for each i in ``starts`` (windows inside x).
 
-    van Herk / Gil-Werman: O(len(x)) with prefix and suffix extrema of blocks of h rows.
+    Doubling: after k passes ``low[i]`` is the min of ``x[i : i + 2**k]``; two overlapping windows of
+    the largest power of two <= h then cover ``[i, i + h)``. log2(h) elementwise passes over x, which
+    numpy vectorises (a running accumulate, the other O(N) way, does not).
     """
-    n = x.shape[0]
-    grid = np.empty((-(-n // h) * h, *x.shape[1:]))
-    grid[:n], grid[n:] = x, x[-1]
-    grid = grid.reshape(-1, h, *x.shape[1:])
-    out = []
-    for reduce in (np.minimum, np.maximum):
-        prefix = reduce.accumulate(grid, axis=1).reshape(-1, *x.shape[1:])
-        suffix = reduce.accumulate(grid[:, ::-1], axis=1)[:, ::-1].reshape(-1, *x.shape[1:])
-        out.append(reduce(suffix[starts], prefix[starts + h - 1]))
-    return out[0], out[1]
+    low = high = x
+    width = 1
+    while 2 * width <= h:
+        low, high = np.minimum(low[:-width], low[width:]), np.maximum(high[:-width], high[width:])
+        width *= 2
+    tail = starts + (h - width)
+    return np.minimum(low[starts], low[tail]), np.maximum(high[starts], high[tail])
 
 
 class Block:
@@ -114,6 +143,8 @@ class Block:
         self._windows: tuple[np.ndarray, ...] | None = None
         self._padded: np.ndarray | None = None
         self._delta_stats: dict | None = None
+        self._padded32: dict[int, np.ndarray] = {}  # delta dims on float32 data, filled with the moments
+        self._row_bounds: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         stored32 = all(r.state.dtype == np.float32 and r.actions.dtype == np.float32 for r in runs)
         self._float32: bool | None = True if stored32 else None
 
@@ -166,23 +197,40 @@ class Block:
     def view(self, group: str, dim: int) -> View:
         """The dim's values as float32 for classification, and a way to fetch exact float64 ones."""
         if group == "actions" and self.delta[dim] and self.float32_data:
-            # Classify on the float32 difference of float32 inputs: IEEE rounds it correctly, so it is
-            # a monotone function of the exact (float64) value, and nothing float64 of size N x H is
-            # ever materialised; the few values kept are recomputed in float64 from their positions.
-            _, first, _, _ = self._padding()
-            column = self.padded_actions[:, dim]
-            state = self.state[:, dim]
-            v32 = sliding_window_view(column.astype(np.float32), self.horizon)[first]
-            v32 -= state.astype(np.float32)[:, None]
-
-            def pick(mask: np.ndarray) -> tuple[np.ndarray, None]:
-                t, k = np.divmod(np.flatnonzero(mask), self.horizon)
-                return column[first[t] + k] - state[t], None
-
-            return View(v32.reshape(-1), None, pick)
+            return self._delta_view(dim)
         v, w = self.values(group, dim)
         exact32 = self.float32_data and not (group == "actions" and self.delta[dim])
-        return View(v.astype(np.float32), w, lambda mask: (v[mask], None if w is None else w[mask]), exact32)
+        return View(
+            lambda: v.astype(np.float32), w, lambda mask: (v[mask], None if w is None else w[mask]), exact32
+        )
+
+    def _delta_view(self, dim: int) -> View:
+        # Classify on the float32 difference of float32 inputs: IEEE rounds it correctly, so it is a
+        # monotone function of the exact (float64) value, and nothing float64 of size N x H is ever
+        # materialised; the few values kept are recomputed in float64 from their positions.
+        h = self.horizon
+        self._delta_moments(dim)  # builds the float32 columns and the row bounds
+        _, first, _, _ = self._padding()
+        column, state = self.padded_actions[:, dim], self.state[:, dim]
+        state32 = state.astype(np.float32)
+        windows = sliding_window_view(
+            self._padded32[dim], h
+        )  # no copy: row t of chunk t is windows[first[t]]
+
+        def values32(rows: np.ndarray) -> np.ndarray:
+            out = windows[first[rows]]  # [m, H] copy
+            out -= state32[rows, None]
+            return out
+
+        def exact(t: np.ndarray, k: np.ndarray) -> np.ndarray:
+            return column[first[t] + k] - state[t]
+
+        def pick(mask: np.ndarray) -> tuple[np.ndarray, None]:
+            return exact(*np.divmod(np.flatnonzero(mask), h)), None
+
+        low, high = self._row_bounds[dim]
+        rows = RowView(low, high, h, values32, exact)
+        return View(lambda: values32(np.arange(self.n)).reshape(-1), None, pick, rows=rows)
 
     def prepare(self) -> None:
         """Build the lazily cached helpers now (before several threads use the block)."""
@@ -224,29 +272,48 @@ class Block:
         return self._delta_stats[dim]
 
     def _all_delta_moments(self) -> dict[int, tuple[int, float, float, float, float]]:
-        # Per chunk (row): mean = window mean of the actions - state; M2 = the window's own M2 (the
-        # state is a constant shift). Window sums come from cumulative sums of the padded columns,
-        # centred per episode so the running sums stay small. Then rows merge (law of total variance).
-        # All delta dims at once: the same O(N) work, in fewer and larger numpy calls.
-        h = self.horizon
+        # All delta dims at once, in O(N): chunk t's action sum W_t comes from a cumulative sum (the last
+        # frame repeats past the episode end), and over all chunk values
+        #   sum (a - s) = sum_j mult_j a_j - H sum_t s_t,
+        #   sum (a - s - mean)^2 = sum_j mult_j a_j^2 - 2 sum_t s'_t W_t + H sum_t s'_t^2,  s' = s + mean.
+        # Each episode is first centred on its mean action: shifting a and s together leaves every
+        # a - s unchanged and keeps the sums (and their cancellation) small.
+        h, lengths = self.horizon, self.lengths
         dims = np.flatnonzero(self.delta)
-        _, first, pad_starts, padded = self._padding()
-        columns, state = self.padded_actions[:, dims], self.state[:, dims]
-        shift = np.add.reduceat(columns, pad_starts, axis=0) / padded[:, None]
-        centred = columns - np.repeat(shift, padded, axis=0)
-        zero = np.zeros((1, dims.size))
-        c1 = np.concatenate((zero, np.cumsum(centred, axis=0)))
-        c2 = np.concatenate((zero, np.cumsum(centred * centred, axis=0)))
-        s1, s2 = c1[first + h] - c1[first], c2[first + h] - c2[first]
-        row_mean = s1 / h + (np.repeat(shift, self.lengths, axis=0) - state)
-        row_m2 = np.maximum(s2 - s1 * s1 / h, 0.0)
-        mean = row_mean.mean(axis=0)
-        m2 = row_m2.sum(axis=0) + h * np.square(row_mean - mean).sum(axis=0)
-        # min_k fl(a_k - s) == fl(min_k a_k - s): subtraction rounds monotonically.
+        starts = np.cumsum(lengths) - lengths
+        # [dims, frames] layout: every reduction below runs along contiguous memory.
+        actions, state = self.actions[:, dims].T.copy(), self.state[:, dims].T.copy()
+        shift = np.repeat(np.add.reduceat(actions, starts, axis=1) / lengths, lengths, axis=1)
+        a, s = actions - shift, state - shift
+        t = np.arange(self.n)
+        end = np.repeat(starts + lengths, lengths)  # one past the last frame of t's episode
+        stop = np.minimum(t + h, end)
+        c = np.concatenate((np.zeros((dims.size, 1)), np.cumsum(a, axis=1)), axis=1)
+        window_sum = c[:, stop] - c[:, t] + (t + h - stop) * a[:, end - 1]
+        mult = self.mult.astype(np.float64)
+        count = self.n * h
+        mean = (a @ mult - h * s.sum(axis=1)) / count
+        s += mean[:, None]
+        m2 = (a * a) @ mult - 2 * np.einsum("ij,ij->i", s, window_sum) + h * np.einsum("ij,ij->i", s, s)
+        m2 = np.maximum(m2, 0.0)
+        # Extremes: per-chunk window minima / maxima of the padded actions; min_k fl(a_k - s) ==
+        # fl(min_k a_k - s) because subtraction rounds monotonically. On float32 data they are also the
+        # exact float32 bounds of each row of the classified values (RowView).
+        _, first, _, _ = self._padding()
+        columns = self.padded_actions[:, dims]
+        if self.float32_data:
+            columns = columns.astype(np.float32)
+            by_dim = np.ascontiguousarray(columns.T)  # contiguous rows: the window gathers stay fast
+            self._padded32 = {int(d): by_dim[j] for j, d in enumerate(dims)}
         low, high = window_min_max(columns, first, h)
-        low, high = (low - state).min(axis=0), (high - state).max(axis=0)
+        if self.float32_data:
+            state32 = self.state[:, dims].astype(np.float32)
+            self._row_bounds = {int(d): (low[:, j] - state32[:, j], high[:, j] - state32[:, j])
+                                for j, d in enumerate(dims)}  # fmt: skip
+        state = self.state[:, dims].T  # reductions along contiguous rows
+        low, high = (low.T - state).min(axis=1), (high.T - state).max(axis=1)
         return {
-            int(d): (self.n * h, float(mean[j]), float(m2[j]), float(low[j]), float(high[j]))
+            int(d): (count, float(mean[j]), float(m2[j]), float(low[j]), float(high[j]))
             for j, d in enumerate(dims)
         }
 

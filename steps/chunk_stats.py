@@ -11,8 +11,9 @@ the values, :mod:`steps.rank_brackets` selects order statistics):
 - A non-delta action dim takes frame j's value ``min(j+1, H)`` times (the last frame takes the rest of
   ``T*H``): it is a weighted set of N values (:func:`chunk_multiplicity`).
 - A delta dim has a different value for every (t, k). Its moments and min/max come in O(N) from
-  window sums and window minima of the padded actions; its values are classified block by block
-  (about 2 MB at a time) on a float32 sliding-window expansion.
+  window sums and window minima of the actions; its values are classified block by block on their
+  float32 values, chunk by chunk: a chunk whose exact [min, max] misses a bracket is settled with one
+  comparison, and only the chunks a bracket edge cuts through are expanded.
 - Moments (count, mean, M2) are merged block by block with Chan's formulas in float64; min and max are
   exact.
 - Quantiles follow ``numpy.quantile(method="linear")`` over all values, bit for bit: the two order

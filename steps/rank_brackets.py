@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from steps.chunk_blocks import Block, View
+from steps.chunk_blocks import Block, RowView, View
 
 QUANTILES: dict[str, float] = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 # Width of the sample bracket around a target rank, in standard deviations of the sample rank.
@@ -194,10 +194,40 @@ def add_to_brackets(brackets: list[Bracket], block: Block, group: str, index: in
             b.add(view)
     if not fast:
         return
-    # Unweighted values (delta chunks), the bulk of the work: one scan finds the positions of all values
-    # that any bracket needs, then they are sorted into brackets on that small set. The lowest bracket
-    # takes every value up to its top and the highest every value from its bottom (the q01 / q99 tails,
-    # a few % of the values), so those two need no count of their own over the block.
+    if view.rows is not None:
+        _add_by_rows(fast, view.rows)
+    else:
+        _add_unweighted(fast, view)
+
+
+def _add_by_rows(brackets: list[Bracket], rows: RowView) -> None:
+    """Delta chunks, the bulk of the work: settle whole rows by their bounds, expand only the rest.
+
+    A row entirely below a bracket adds H to its count, one entirely above adds nothing; only rows that
+    reach into [lo, hi] are expanded and compared value by value. A chunk spans a fraction of its dim's
+    range, so most rows miss most brackets (the q01 / q99 tails above all).
+    """
+    h = rows.horizon
+    total = rows.lo.size * h
+    for b in brackets:
+        b.below += h * int(np.count_nonzero(rows.hi < b._lo32))
+        touching = np.flatnonzero((rows.hi >= b._lo32) & (rows.lo <= b._hi32))
+        if not touching.size:
+            continue
+        v32 = rows.values32(touching)
+        below = v32 < b._lo32
+        b.below += int(np.count_nonzero(below))
+        inside = v32 <= b._hi32
+        inside ^= below
+        t, k = np.divmod(np.flatnonzero(inside), h)
+        b.keep(rows.exact(touching[t], k), None, total)
+
+
+def _add_unweighted(fast: list[Bracket], view: View) -> None:
+    # One scan finds the positions of all values that any bracket needs, then they are sorted into
+    # brackets on that small set. The lowest bracket takes every value up to its top and the highest
+    # every value from its bottom (the q01 / q99 tails, a few % of the values), so those two need no
+    # count of their own over the block.
     v32, total = view.v32, len(view.v32)
     fast.sort(key=lambda b: (b.lo, b.hi))
     low, high, middle = (fast[0], fast[-1], fast[1:-1]) if len(fast) > 1 else (None, None, fast)
@@ -330,8 +360,11 @@ def sample_brackets(d: DimAccumulator, cap: int) -> list[Bracket]:
         spread = BRACKET_Z * math.sqrt(s * q * (1 - q)) + 2
         edges.append((math.floor(centre - spread), math.ceil(centre + spread) + 1))
     inside = sorted({i for pair in edges for i in pair if 0 <= i < s})
-    # Only these order statistics of the sample are needed: a partition, not a sort.
-    picked = dict(zip(inside, np.partition(d.sample, inside)[inside].tolist())) if inside else {}
+    # Only these order statistics of the sample are needed: a partition, not a sort. On a float32 copy
+    # (faster): edges are rounded to float32 anyway, and any edges give exact results (the second pass
+    # counts), so rounding the sample first changes nothing but the odd ulp of an edge.
+    sample32 = d.sample.astype(np.float32)
+    picked = dict(zip(inside, np.partition(sample32, inside)[inside].tolist())) if inside else {}
     return [
         Bracket(picked.get(i_lo, -math.inf), picked.get(i_hi, math.inf), "collect", cap)
         for i_lo, i_hi in edges
