@@ -34,8 +34,8 @@ _READ_BATCH_ROWS = 64
 
 
 def default_cache_dir() -> Path:
-    """``$VLA_SFT_CACHE_DIR/image_columns`` or ``~/.cache/vla-sft/image_columns``."""
-    base = os.environ.get("VLA_SFT_CACHE_DIR") or Path.home() / ".cache" / "vla-sft"
+    """``$VLA_SFT_CACHE/image_columns`` or ``~/.cache/vla-sft/image_columns`` (the flow's cache root)."""
+    base = os.environ.get("VLA_SFT_CACHE") or Path.home() / ".cache" / "vla-sft"
     return Path(base) / "image_columns"
 
 

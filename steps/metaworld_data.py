@@ -274,8 +274,9 @@ def read_generation_meta(root: str | Path) -> dict:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("VLA_SFT_CACHE") or Path.home() / ".cache" / "vla-sft"
-    return Path(base) / "metaworld"
+    from steps.cache import cache_dir_for
+
+    return cache_dir_for("metaworld")
 
 
 def fetch_metaworld(

@@ -36,7 +36,9 @@ DEMO_GENERATOR_VERSION = 1  # bump when the demo data change for the same config
 
 def default_cache_dir() -> Path:
     """``$VLA_SFT_CACHE`` or ``~/.cache/vla-sft``."""
-    return Path(os.environ.get("VLA_SFT_CACHE") or Path.home() / ".cache" / "vla-sft")
+    from steps.cache import default_cache_root
+
+    return default_cache_root()
 
 
 def check_tokenizer_spec(spec: str) -> None:
