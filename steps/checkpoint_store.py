@@ -108,6 +108,10 @@ class LocalStore:
         return removed
 
 
+# Keys per listing request (S3's maximum); tests lower it to exercise pagination.
+LIST_PAGE_SIZE = 1000
+
+
 class S3Store:
     """Checkpoints under ``s3://bucket/prefix/``; completeness is the ``COMPLETE`` object, put last."""
 
@@ -133,7 +137,7 @@ class S3Store:
     def _list(self, prefix: str) -> list[str]:
         keys, token = [], None
         while True:
-            kwargs = {"Bucket": self.bucket, "Prefix": prefix}
+            kwargs = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": LIST_PAGE_SIZE}
             if token:
                 kwargs["ContinuationToken"] = token
             page = self.client.list_objects_v2(**kwargs)

@@ -1,4 +1,4 @@
-"""Fetch step: resolve a dataset (local folder or Hub id), check it fits the config type, split episodes.
+"""Fetch step: resolve a dataset (local folder, Hub id or s3:// URI), check it fits the config type, split.
 
     python -m steps.fetch_data --config_type pi05_metaworld                # the type's default dataset
     python -m steps.fetch_data --config_type pi0_libero --dataset /data/libero --val_fraction 0.05
@@ -6,7 +6,9 @@
 A Hub id is downloaded with ``huggingface_hub.snapshot_download(repo_type="dataset")`` into the Hugging
 Face cache (``cache_dir``, default ``$HF_HUB_CACHE``) and pinned: the result records the commit hash, so
 a later run with that revision reads the very same files. With ``HF_HUB_OFFLINE=1`` (or no network) a
-cached snapshot is used; a dataset that is not cached fails with an error saying how to fix it.
+cached snapshot is used; a dataset that is not cached fails with an error saying how to fix it. An
+``s3://`` URI is downloaded once per content version into ``$VLA_SFT_CACHE/datasets`` and pinned the same
+way (:mod:`steps.s3_dataset`).
 The result (path, codebase version, fingerprint, train/validation episodes, dataset id, revision) is a
 small JSON-able record, used as a flow artifact.
 """
@@ -40,11 +42,11 @@ class FetchResult:
     fingerprint: str
     train_episodes: list[int]
     val_episodes: list[int]
-    # Hub id, or the local path as given.
+    # Hub id or s3:// URI, or the local path as given.
     dataset_id: str
-    # Commit hash of the snapshot (Hub), or None for a local folder.
+    # Commit hash of the snapshot (Hub), listing digest (S3), or None for a local folder.
     revision: str | None
-    # "hub" or "local".
+    # "hub", "s3" or "local".
     source: str
     num_episodes: int
     num_frames: int
@@ -63,14 +65,17 @@ def fetch_dataset(
     val_fraction: float = 0.1,
     seed: int = 0,
     val_episodes: int | None = None,
+    s3_cache_dir: str | os.PathLike | None = None,
 ) -> FetchResult:
     """Resolve, validate and split the dataset for config type ``cfg``.
 
     Args:
         cfg: a ConfigType, or a config type name / YAML path.
-        dataset: local folder or Hub id (default: the config type's dataset).
-        revision: Hub branch, tag or commit (default: the config type's, else the latest commit).
+        dataset: local folder, Hub id or ``s3://bucket/prefix`` (default: the config type's dataset).
+        revision: Hub branch, tag or commit (default: the config type's, else the latest commit); for
+            S3, the snapshot digest a run recorded (see :mod:`steps.s3_dataset`).
         cache_dir: Hugging Face cache folder for Hub datasets (default: huggingface_hub's).
+        s3_cache_dir: where S3 snapshots go (default: ``$VLA_SFT_CACHE/datasets``).
         val_fraction: share of episodes held out for validation (deterministic for a seed).
         seed: split seed.
         val_episodes: hold out exactly this many episodes instead (overrides ``val_fraction``).
@@ -92,7 +97,12 @@ def fetch_dataset(
     cfg = cfg if isinstance(cfg, ConfigType) else get_config_type(str(cfg))
     spec, revision = require_dataset(cfg, str(dataset) if dataset is not None else None, revision)
     local = Path(spec).expanduser()
-    if local.exists():
+    if spec.startswith("s3://"):
+        from steps.s3_dataset import fetch_s3_dataset
+
+        snapshot = fetch_s3_dataset(spec, revision, s3_cache_dir)
+        root, source, pinned = snapshot.path, "s3", snapshot.revision
+    elif local.exists():
         if not local.is_dir():
             raise ValueError(f"dataset {spec!r} is a file; expected a LeRobot dataset folder")
         root, source, pinned = local.resolve(), "local", None
@@ -164,7 +174,7 @@ def _download(repo_id: str, revision: str | None, cache_dir) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m steps.fetch_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config_type", required=True, help="built-in config type name or a .yaml file")
-    parser.add_argument("--dataset", help="local folder or Hub id (default: the config type's dataset)")
+    parser.add_argument("--dataset", help="local folder, Hub id or s3:// URI (default: the config type's)")
     parser.add_argument("--revision", help="Hub branch, tag or commit (default: latest)")
     parser.add_argument("--cache_dir", help="Hugging Face cache folder (default: $HF_HUB_CACHE)")
     parser.add_argument("--val_fraction", type=float, default=0.1)

@@ -76,9 +76,9 @@ def _refetch(plan: dict, fetched: dict) -> str:
     if plan["dataset_kind"] in ("local", "demo"):
         raise ValueError(
             f"dataset: {fetched['path']} is a local path of the machine that ran fetch_data and is not on "
-            "this node; multi-node and remote runs need a Hub id or a metaworld:// dataset"
+            "this node; multi-node and remote runs need a Hub id, an s3:// URI or a metaworld:// dataset"
         )
-    # The same revision that fetch_data pinned (a Hub snapshot's commit), so every node reads the same files.
+    # The revision fetch_data pinned (a Hub commit, an S3 listing digest): every node reads the same files.
     again = fetch_run_dataset(
         {**plan, "dataset_revision": fetched.get("revision") or plan["dataset_revision"]}
     )

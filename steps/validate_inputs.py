@@ -148,6 +148,24 @@ def check_hub_dataset(repo_id: str, revision: str | None, timeout_s: float = 10.
         ) from None
 
 
+def check_s3_dataset(uri: str, ct, check_remote: bool = True, timeout_s: float = 5.0) -> None:
+    """An s3:// dataset: a well-formed URI and, when checking remotely, its meta/info.json read (one
+    request, short timeout, no retries) and checked against the config type's keys and dims."""
+    from data_adapters.config_types import validate_against_dataset
+    from steps import s3_dataset
+
+    try:
+        bucket, prefix = s3_dataset.parse_s3_uri(uri)
+        if not check_remote:
+            return
+        client = s3_dataset.s3_client(connect_timeout=timeout_s, attempts=1)
+        key = "/".join(p for p in (prefix, s3_dataset.INFO_KEY) if p)
+        body = s3_dataset._call(uri, client.get_object, Bucket=bucket, Key=key)["Body"].read()
+        validate_against_dataset(ct, json.loads(body))
+    except ValueError as exc:
+        raise InputError(f"--dataset: {_one_line(exc)}") from None
+
+
 def _check_pretrained(pretrained: str | None, demo: bool) -> None:
     if pretrained is None:
         return
@@ -261,9 +279,7 @@ def validate_run_inputs(
     elif kind == "hub" and check_remote:
         check_hub_dataset(dataset, dataset_revision)
     elif kind == "s3":
-        raise InputError(
-            f"--dataset: s3:// datasets are not supported yet ({dataset}); use a Hub id or a local folder"
-        )
+        check_s3_dataset(dataset, ct, check_remote)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     if remote and not uri.startswith(("http://", "https://", "databricks")):
         raise InputError(

@@ -1,55 +1,18 @@
-"""Checkpoint stores (local, S3), atomicity, retention, RNG and state round trips (single process)."""
+"""Checkpoint stores (local; S3 on a real S3-compatible server), atomicity, retention, exact state round trips."""
 
-import io
 import json
 import random
+import uuid
 
 import numpy as np
 import pytest
 import torch
 
+from steps import checkpoint_store
 from steps import checkpointing as ckpt
 from steps.distributed import init_distributed
 from steps.ema import EMA
 from steps.schedule import LrSchedule, build_scheduler
-
-
-class InMemoryS3:
-    """The handful of boto3 S3 client calls the store uses, backed by a dict (no network here)."""
-
-    def __init__(self, page_size=3):
-        self.objects: dict[tuple[str, str], bytes] = {}
-        self.page_size = page_size  # small pages exercise pagination
-
-    def upload_file(self, filename, bucket, key):
-        with open(filename, "rb") as f:
-            self.objects[(bucket, key)] = f.read()
-
-    def put_object(self, Bucket, Key, Body):  # noqa: N803 - boto3's argument names
-        self.objects[(Bucket, Key)] = bytes(Body)
-
-    def get_object(self, Bucket, Key):  # noqa: N803
-        return {"Body": io.BytesIO(self.objects[(Bucket, Key)])}
-
-    def download_file(self, bucket, key, filename):
-        with open(filename, "wb") as f:
-            f.write(self.objects[(bucket, key)])
-
-    def list_objects_v2(self, Bucket, Prefix, ContinuationToken=None):  # noqa: N803
-        keys = sorted(k for b, k in self.objects if b == Bucket and k.startswith(Prefix))
-        start = int(ContinuationToken or 0)
-        page = keys[start : start + self.page_size]
-        out = {"Contents": [{"Key": k} for k in page], "IsTruncated": start + self.page_size < len(keys)}
-        if out["IsTruncated"]:
-            out["NextContinuationToken"] = str(start + self.page_size)
-        return out
-
-    def delete_object(self, Bucket, Key):  # noqa: N803
-        self.objects.pop((Bucket, Key), None)
-
-    def delete_objects(self, Bucket, Delete):  # noqa: N803
-        for obj in Delete["Objects"]:
-            self.objects.pop((Bucket, obj["Key"]), None)
 
 
 def _stage(store, step, val_loss=None):
@@ -66,11 +29,20 @@ def _commit(store, step, val_loss=None):
         store.seal(step)
 
 
+def _s3_store(request, tmp_path, prefix):
+    """An S3Store on the test S3 server (a fresh bucket), listing 3 keys a page to exercise pagination."""
+    client = request.getfixturevalue("s3_env")
+    request.getfixturevalue("monkeypatch").setattr(checkpoint_store, "LIST_PAGE_SIZE", 3)
+    bucket = f"ckpt-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    return ckpt.S3Store(f"s3://{bucket}/{prefix}", client=client, cache_dir=tmp_path / "cache")
+
+
 @pytest.fixture(params=["local", "s3"])
 def store(request, tmp_path):
     if request.param == "local":
         return ckpt.LocalStore(tmp_path / "ckpts")
-    return ckpt.S3Store("s3://bucket/runs/x", client=InMemoryS3(), cache_dir=tmp_path / "cache")
+    return _s3_store(request, tmp_path, "runs/x")
 
 
 def test_only_complete_checkpoints_count(store):
@@ -98,14 +70,17 @@ def test_retention_keeps_last_k_and_best(store):
     assert ckpt.best_step(store) == 2
 
 
-def test_s3_delete_removes_marker_first(tmp_path):
-    client = InMemoryS3()
-    store = ckpt.S3Store("s3://bucket/p", client=client, cache_dir=tmp_path)
+def test_s3_delete_removes_every_object_of_the_step(request, tmp_path):
+    store = _s3_store(request, tmp_path, "p")
     _commit(store, 7)
-    marker = ("bucket", "p/step_000000007/COMPLETE")
-    assert marker in client.objects
+
+    def keys():
+        listing = store.client.list_objects_v2(Bucket=store.bucket, Prefix="p/")
+        return [o["Key"] for o in listing.get("Contents", [])]
+
+    assert "p/step_000000007/COMPLETE" in keys()
     store.delete(7)
-    assert not any(k.startswith("p/step_000000007") for _, k in client.objects)
+    assert not [k for k in keys() if k.startswith("p/step_000000007")]
 
 
 def test_local_commit_is_a_rename(tmp_path):
@@ -160,13 +135,9 @@ def _train(model, opt, sched, ema, steps):
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
-def test_training_state_round_trip_is_exact(tmp_path, kind):
+def test_training_state_round_trip_is_exact(request, tmp_path, kind):
     ctx = init_distributed("cpu")
-    store = (
-        ckpt.LocalStore(tmp_path / "c")
-        if kind == "local"
-        else ckpt.S3Store("s3://b/c", client=InMemoryS3(), cache_dir=tmp_path / "cache")
-    )
+    store = ckpt.LocalStore(tmp_path / "c") if kind == "local" else _s3_store(request, tmp_path, "c")
     norm = tmp_path / "norm_stats.json"
     norm.write_text("{}")
     model, opt, sched, ema = _setup(freeze_bias=True)
