@@ -33,6 +33,7 @@ def evaluate_text_export(
     dataset: str,
     rows: Sequence[int],
     *,
+    revision: str | None = None,
     max_samples: int = 256,
     batch_size: int = 8,
     num_completions: int = 3,
@@ -56,7 +57,7 @@ def evaluate_text_export(
     max_len, truncation = int(ct_dict["max_seq_len"]), bool(ct_dict["truncation"])
     tokenizer = AutoTokenizer.from_pretrained(export_dir)
     model = AutoModelForCausalLM.from_pretrained(export_dir, use_safetensors=True).to(device).eval()
-    all_rows = text_data.load_rows(dataset)
+    all_rows = text_data.load_rows(dataset, revision=revision)
     chosen = [rows[i] for i in evenly_spaced(len(rows), max_samples)]
     examples = text_data.tokenize_rows(tokenizer, all_rows, chosen, max_seq_len=max_len, truncation=truncation,
                                        source=dataset)  # fmt: skip

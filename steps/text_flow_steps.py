@@ -170,7 +170,12 @@ def compute_text_run_stats(
     ct = get_config_type(plan["config_type"])
     tokenizer = plan.get("tokenizer") or ct.tokenizer or plan.get("pretrained") or ct.model
     data = compute_text_stats(
-        ct, fetched["path"], fetched["train_episodes"], out_path=out_path, tokenizer=tokenizer
+        ct,
+        fetched["path"],
+        fetched["train_episodes"],
+        out_path=out_path,
+        tokenizer=tokenizer,
+        revision=fetched["revision"],
     )
     tracking.log_metrics(tracking_uri, run_id, {f"data/{k}": v for k, v in data["text_stats"].items()})
     from mlflow.tracking import MlflowClient
@@ -185,7 +190,7 @@ def evaluate_text_run(
     """Validation loss / perplexity of the export on the held-out rows; completions logged as a table."""
     from steps.text_eval import evaluate_text_export, log_completions
 
-    result = evaluate_text_export(export_dir, fetched["path"], fetched["val_episodes"],
+    result = evaluate_text_export(export_dir, fetched["path"], fetched["val_episodes"], revision=fetched["revision"],
                                   max_samples=plan["eval_samples"], device=device)  # fmt: skip
     log_completions(tracking_uri, run_id, result.details["completions"])
     return result

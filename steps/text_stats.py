@@ -21,6 +21,7 @@ def compute_text_stats(
     *,
     out_path: str | os.PathLike,
     tokenizer: str | None = None,
+    revision: str | None = None,
 ) -> dict:
     """Token-length statistics of ``rows_idx`` (None = all rows); written to ``out_path`` and returned."""
     from steps import text_data
@@ -32,7 +33,7 @@ def compute_text_stats(
             "tokenizer: no tokenizer or model given (pass --pretrained or set model in the config type)"
         )
     tok = load_tokenizer(source)
-    rows = text_data.load_rows(dataset, revision=ct.dataset_revision)
+    rows = text_data.load_rows(dataset, revision=revision or ct.dataset_revision)
     examples = text_data.tokenize_rows(tok, rows, None if rows_idx is None else list(rows_idx),
                                        max_seq_len=ct.max_seq_len, truncation=ct.truncation, source=dataset)  # fmt: skip
     stats = text_data.token_length_stats(examples)

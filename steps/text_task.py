@@ -90,7 +90,7 @@ class TextTask:
         )
         if Path(source).exists() and not (Path(source) / "config.json").is_file():
             raise ValueError(f"pretrained: {source} is not a Hugging Face model folder (no config.json)")
-        rows = text_data.load_rows(cfg.dataset_root, revision=ct.dataset_revision)
+        rows = text_data.load_rows(cfg.dataset_root, revision=cfg.dataset_revision or ct.dataset_revision)
         n = len(rows)
         for name, indices in (
             ("train_episodes", cfg.train_episodes or ()),

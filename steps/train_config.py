@@ -60,7 +60,7 @@ class TrainConfig:
     # --- data -------------------------------------------------------------------------------
     # Config type name (e.g. "pi05_metaworld") or path to a custom YAML.
     config_type: str
-    # Local LeRobot dataset root (as fetched by steps.fetch_data).
+    # Local LeRobot dataset root (as fetched by steps.fetch_data); for text, a file or a Hub id.
     dataset_root: str
     # norm_stats.json written by steps.norm_stats for the train episodes.
     norm_stats_path: str
@@ -69,6 +69,8 @@ class TrainConfig:
     # Episode indices for training (None = all) and held-out validation (empty = no validation).
     train_episodes: tuple[int, ...] | None = None
     val_episodes: tuple[int, ...] = ()
+    # Hub revision of a text dataset given by id (None: the config type's); LeRobot roots are local.
+    dataset_revision: str | None = None
     # Image augmentation on training samples (openpi's crop/rotate/colour jitter).
     augment: bool = True
     num_workers: int = 2

@@ -106,6 +106,7 @@ def build_train_config(
     fields: dict[str, Any] = {
         "config_type": plan["config_type"],
         "dataset_root": inputs.dataset_root,
+        "dataset_revision": plan.get("dataset_revision"),
         "norm_stats_path": inputs.norm_stats_path,
         "tokenizer_path": inputs.tokenizer_path,
         "train_episodes": train_episodes,
@@ -140,7 +141,7 @@ def build_train_config(
 
 def check_train_options(options: dict | None) -> None:
     """``--train_options`` may set TrainConfig fields, except the ones the flow owns."""
-    owned = {"config_type", "dataset_root", "norm_stats_path", "tokenizer_path", "train_episodes",
+    owned = {"config_type", "dataset_root", "dataset_revision", "norm_stats_path", "tokenizer_path", "train_episodes",
              "val_episodes", "checkpoint_dir", "export_dir", "metrics_file", "mlflow", "mlflow_tracking_uri",
              "fail_after_step", "fail_during_checkpoint_step"}  # fmt: skip
     if not options:

@@ -157,6 +157,37 @@ def test_bad_inputs_have_clear_errors(text_assets, tmp_path):
         main(_config(a, tmp_path / "ck", norm_stats_path=str(tmp_path / "none.json")))
 
 
+def test_a_hub_dataset_revision_reaches_every_reader(text_assets, tmp_path, monkeypatch):
+    # An offline Hub cache holding two commits of one dataset: main has 24 rows, the older one 12.
+    from huggingface_hub import constants
+
+    from steps.text_flow_steps import fetch_text_dataset
+
+    repo = tmp_path / "hub" / "datasets--someone--chat"
+    commits = {"a" * 40: 24, "b" * 40: 12}
+    for commit, n in commits.items():
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        write_jsonl(repo / "snapshots" / commit / "train.jsonl", chat_rows(n))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    old, ct = "b" * 40, text_assets["ct"]
+    plan = {"config_type": str(text_assets["yaml"]), "dataset": "someone/chat", "dataset_revision": old,
+            "dataset_kind": "hub"}  # fmt: skip
+    fetched = fetch_text_dataset(plan)
+    assert (fetched.num_rows, fetched.revision) == (12, old)
+    assert fetch_text_dataset({**plan, "dataset_revision": None}).num_rows == 24
+    stats = compute_text_stats(ct, "someone/chat", None, out_path=tmp_path / "s.json", revision=old)
+    assert stats["text_stats"]["count"] == 12
+    # The trainer reads the pinned commit too: row 20 exists on main only.
+    hub = dict(dataset_root="someone/chat", dataset_revision=old)
+    with pytest.raises(
+        ValueError, match=r"val_episodes: row indices \[20\] are outside the dataset's 12 rows"
+    ):
+        main(_config(text_assets, tmp_path / "ck", train_episodes=list(range(10)), val_episodes=[20], **hub))
+
+
 # --- training --------------------------------------------------------------------------------------------
 
 
