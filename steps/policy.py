@@ -143,8 +143,10 @@ class Policy:
         return actions[0] if single else actions
 
 
-def to_device(batch: Any, device) -> Any:
-    """A (nested) dict of tensors moved to ``device``."""
+def to_device(batch: Any, device, non_blocking: bool = False) -> Any:
+    """A (nested) dict of tensors moved to ``device``; anything else (strings, numbers) as it is."""
+    import torch
+
     if isinstance(batch, Mapping):
-        return {key: to_device(value, device) for key, value in batch.items()}
-    return batch.to(device)
+        return {key: to_device(value, device, non_blocking) for key, value in batch.items()}
+    return batch.to(device, non_blocking=non_blocking) if isinstance(batch, torch.Tensor) else batch

@@ -250,16 +250,9 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _to_device(self, batch: dict) -> dict:
-        import torch
+        from steps.policy import to_device
 
-        def move(x):
-            if isinstance(x, torch.Tensor):
-                return x.to(self.device, non_blocking=True)
-            if isinstance(x, dict):
-                return {k: move(v) for k, v in x.items()}
-            return x
-
-        return move(batch)
+        return to_device(batch, self.device, non_blocking=True)
 
     def train_step(self, micro_batches: list[dict]) -> tuple[float, float, bool]:
         """Forward/backward over this rank's micro-batches, then one optimizer step if finite.
