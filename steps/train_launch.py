@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,21 +197,28 @@ def local_export(uri: str, cache_dir: str | os.PathLike) -> str:
 
     bucket, _, prefix = uri[len("s3://") :].partition("/")
     client = boto3.client("s3")
-    target = Path(cache_dir) / "export"
-    if target.exists():
-        shutil.rmtree(target)
     keys = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
         keys += [obj["Key"] for obj in page.get("Contents", [])]
     if f"{prefix}/COMPLETE" not in keys:
         raise ValueError(f"export: {uri} has no COMPLETE marker (the upload did not finish)")
-    for key in keys:
-        rel = key[len(prefix) + 1 :]
-        if rel == "COMPLETE":
-            continue
-        dest = target / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        client.download_file(bucket, key, str(dest))
+    target = Path(cache_dir) / "export"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Download beside the target, then swap it in: a killed download never looks like an export.
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=target.parent))
+    try:
+        for key in keys:
+            rel = key[len(prefix) + 1 :]
+            if rel == "COMPLETE":
+                continue
+            dest = staging / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, key, str(dest))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return str(target)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,24 @@ def test_a_remote_node_fetches_the_pinned_snapshot_again(s3_env, bucket, metawor
     s3_env.put_object(Bucket=bucket, Key="mw/meta/extra.txt", Body=b"changed after fetch_data")
     with pytest.raises(ValueError, match="changed since revision"):
         node_dataset_root(plan, {**fetched, "path": str(tmp_path / "gone")})
+
+
+def test_export_round_trip_through_s3(s3_env, bucket, tmp_path):
+    from steps.train_launch import local_export, publish_export
+
+    export = tmp_path / "export"
+    (export / "sub").mkdir(parents=True)
+    (export / "model.safetensors").write_bytes(b"\x00weights" * 100)
+    (export / "sub" / "config.json").write_text('{"a": 1}')
+    uri = publish_export(str(export), f"s3://{bucket}/ckpt/L1")
+    assert uri == f"s3://{bucket}/ckpt/L1/export"
+    local = Path(local_export(uri, tmp_path / "node"))
+    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) == [
+        "model.safetensors", "sub/config.json"]  # fmt: skip
+    assert (local / "model.safetensors").read_bytes() == (export / "model.safetensors").read_bytes()
+    assert not [p for p in local.parent.iterdir() if p.name.startswith(".tmp-")]
+    # An upload that never finished (no marker) is refused, and the old download stays intact.
+    s3_env.put_object(Bucket=bucket, Key="half/export/model.safetensors", Body=b"partial")
+    with pytest.raises(ValueError, match="no COMPLETE marker"):
+        local_export(f"s3://{bucket}/half/export", tmp_path / "node")
+    assert (local / "sub" / "config.json").is_file()
