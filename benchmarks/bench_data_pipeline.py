@@ -13,7 +13,10 @@ fresh subprocesses and on the same shuffled frame order:
   open containers), one process.
 
 Reported: median steady-state frames/s over repeats (the first batch, which includes worker start-up,
-is excluded), construction time, and peak RSS of the main process and of the largest worker.
+is excluded), construction time, and peak RSS of the main process and of the largest worker. The
+measurements run in ``--rounds`` rounds, each running every role once (ours, ours+transform, LeRobot
+back to back), and ratios are medians of the per-round ratios: a change in machine load between rounds
+then moves both sides of a ratio, not one.
 
 Usage: ``python benchmarks/bench_data_pipeline.py [--episodes 24 --length 50 --samples 480]``
 (LeRobot venv: ``$VLA_SFT_LEROBOT_VENV`` or ``~/.cache/vla-sft/lerobot-venv``).
@@ -324,7 +327,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=480, help="frames per measurement (ours, floor)")
     parser.add_argument("--lerobot-image-samples", type=int, default=40, help="frames per LeRobot image run")
     parser.add_argument("--lerobot-video-samples", type=int, default=240, help="frames per LeRobot video run")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes inside one measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds alternating the roles")
     parser.add_argument("--episodes", type=int, default=24)
     parser.add_argument("--length", type=int, default=50)
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/vla_sft_bench_data"))
@@ -352,18 +356,20 @@ def main() -> None:
             start = time.perf_counter()
             build_dataset(root, storage, args.episodes, args.length)
             print(f"[bench] wrote {root} in {time.perf_counter() - start:.1f}s", flush=True)
-        floor = run_role(sys.executable, "floor", root, 0, args.samples, args.repeats, cache_dir)
-        results["rows"].append({"storage": storage, "role": "floor", "workers": 0, **floor})
-        print(f"[bench] {storage} floor: {floor}", flush=True)
-        for workers in (0, 2):
-            for role, python, samples in (
-                ("ours", sys.executable, args.samples),
-                ("ours_transform", sys.executable, args.samples),
-                ("lerobot", lerobot_python, getattr(args, f"lerobot_{storage}_samples")),
-            ):
-                out = run_role(python, role, root, workers, samples, args.repeats, cache_dir)
-                results["rows"].append({"storage": storage, "role": role, "workers": workers, **out})
-                print(f"[bench] {storage} {role} workers={workers}: {out}", flush=True)
+        for rnd in range(args.rounds):
+            floor = run_role(sys.executable, "floor", root, 0, args.samples, args.repeats, cache_dir)
+            results["rows"].append({"storage": storage, "role": "floor", "workers": 0, "round": rnd, **floor})
+            print(f"[bench] {storage} round {rnd} floor: {floor}", flush=True)
+            for workers in (0, 2):
+                for role, python, samples in (
+                    ("ours", sys.executable, args.samples),
+                    ("ours_transform", sys.executable, args.samples),
+                    ("lerobot", lerobot_python, getattr(args, f"lerobot_{storage}_samples")),
+                ):
+                    out = run_role(python, role, root, workers, samples, args.repeats, cache_dir)
+                    results["rows"].append({"storage": storage, "role": role, "workers": workers, "round": rnd,
+                                            **out})  # fmt: skip
+                    print(f"[bench] {storage} round {rnd} {role} workers={workers}: {out}", flush=True)
     results["load_avg_after"] = os.getloadavg()
     print_table(results)
     if args.json_out:
@@ -373,11 +379,19 @@ def main() -> None:
 def print_table(results: dict) -> None:
     rows = results["rows"]
 
+    def per_round(storage, role, workers) -> dict[int, float]:
+        return {r.get("round", 0): r["fps"] for r in rows
+                if (r["storage"], r["role"], r["workers"]) == (storage, role, workers) and "fps" in r}  # fmt: skip
+
     def fps(storage, role, workers):
-        for r in rows:
-            if (r["storage"], r["role"], r["workers"]) == (storage, role, workers) and "fps" in r:
-                return r["fps"]
-        return float("nan")
+        values = list(per_round(storage, role, workers).values())
+        return statistics.median(values) if values else float("nan")
+
+    def ratio(storage, a, wa, b, wb):
+        """Median over rounds of fps(a) / fps(b), each round's pair measured back to back."""
+        ra, rb = per_round(storage, a, wa), per_round(storage, b, wb)
+        values = [ra[k] / rb[k] for k in ra if rb.get(k)]
+        return statistics.median(values) if values else float("nan")
 
     print(
         "\n| dataset | workers | ours fps | ours+transform fps | LeRobot fps | ours / LeRobot | floor fps | floor / ours |"
@@ -386,10 +400,14 @@ def print_table(results: dict) -> None:
     for storage in ("image", "video"):
         floor = fps(storage, "floor", 0)
         for workers in (0, 2):
-            ours, lerobot = fps(storage, "ours", workers), fps(storage, "lerobot", workers)
+            ours, lerobot = (
+                fps(storage, "ours", workers),
+                fps(storage, "lerobot", workers),
+            )  # medians over rounds
             print(
                 f"| {storage} | {workers} | {ours:.0f} | {fps(storage, 'ours_transform', workers):.0f} | "
-                f"{lerobot:.1f} | {ours / lerobot:.1f}x | {floor:.0f} | {floor / ours:.2f}x |"
+                f"{lerobot:.1f} | {ratio(storage, 'ours', workers, 'lerobot', workers):.1f}x | {floor:.0f} | "
+                f"{ratio(storage, 'floor', 0, 'ours', workers):.2f}x |"
             )
     print(f"\nload average before {results['load_avg_before']}, after {results['load_avg_after']}")
 
