@@ -87,7 +87,7 @@ def test_start_checks_an_s3_dataset_in_seconds(s3_env, bucket, metaworld_ds, tmp
     with pytest.raises(InputError, match=r"--dataset: .*no object mw2/meta/info.json"):
         validate_run_inputs(config_type="pi05_metaworld", dataset=f"s3://{bucket}/mw2", **common)
     # Nothing listens on the endpoint: one line, fast, no long retries.
-    from tests.mlflow_helpers import free_port
+    from tests.server_helpers import free_port
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
     started = time.monotonic()
