@@ -11,8 +11,12 @@ Accounting (per run):
 - step wall: a task's created -> finished time from the Metaflow client; ``total``: the command's wall time;
 - work: the core calls each step times itself (``timings`` artifact): fetch_data, compute_norm_stats, the
   torchrun call of train (process start-up, imports, training loop, export), evaluate;
-- MLflow: creating/reusing the run in start, registering the model (upload, version, alias, close);
+- MLflow: creating/reusing the run in start, registering the model (model card, pyfunc logging, version,
+  alias, eval metrics and files, close);
 - Metaflow: everything else (task launch and imports, artifact persistence, cards, gaps between tasks).
+Not separated: the training workers' own MLflow cost (import, store set-up, metric logging, system metrics)
+is inside the torchrun call and so counted as work; until 2026-11-26 the same held for evaluate's upload of
+its plots and rollout media (now done in register, counted as MLflow).
 The training loop alone (steps x global batch / samples/s) is shown inside the train step.
 """
 

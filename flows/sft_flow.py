@@ -13,12 +13,21 @@ start (validate, MLflow run, lineage id) -> fetch_data -> compute_norm_stats -> 
 environment or ``@secrets``, never from Parameters.
 """
 
+import atexit
 import contextlib
+import gc
 import json
 import os
 import sys
 import time
 from pathlib import Path
+
+# Every Metaflow task (and card subprocess) runs this file. At interpreter exit Python garbage-collects
+# every object still alive: after torch, MLflow and MuJoCo imports that is 1-2 s per task on 2 cores,
+# spent after the step's artifacts, metadata and cards are written, before the runtime can start the next
+# task. gc.freeze (atexit runs before that final collection) moves them out of the collector's reach.
+# Cost: objects in reference cycles are not finalized at exit, which Python never guarantees anyway.
+atexit.register(gc.freeze)
 
 # Make steps/, model_zoo/, data_adapters/ and flows/ importable: the repository root when run from a
 # checkout, the code package root in a remote task (the packages are shipped there, see flows/cluster.py).
@@ -250,7 +259,7 @@ class SFTFlow(FlowSpec):
     def evaluate(self):
         """Held-out metrics (validation loss, action-chunk errors, plots) and, for simulator config types,
         closed-loop success rates of the exported model, through the registered model's inference path."""
-        from steps import tracking, train_launch
+        from steps import train_launch
         from steps.evaluate import evaluate_export, sim_settings
         from steps.run_assets import default_cache_dir
 
@@ -274,8 +283,10 @@ class SFTFlow(FlowSpec):
                                      device="cuda" if self.cluster.gpus_per_node else "cpu",
                                      sim_episodes=sim_episodes, sim_max_steps=sim_max_steps,
                                      sim_tasks=[t.strip() for t in self.sim_tasks.split(",")] if self.sim_tasks else None)  # fmt: skip
-            tracking.log_files(self.tracking_uri, self.mlflow_run_id, result.artifacts, artifact_path="eval")
-        self.eval_metrics = result.metrics  # logged to MLflow by register, with the version's tags
+        # Logged to MLflow by register, with the version's tags: this task then never imports MLflow
+        # (~3 s of import and store set-up). The plots and rollout media are a few MB.
+        self.eval_metrics = result.metrics
+        self.eval_files = {name: Path(path).read_bytes() for name, path in result.artifacts.items()}
         self.eval_details = result.details
         from flows.cards import render_eval_card
 
@@ -328,6 +339,9 @@ class SFTFlow(FlowSpec):
             tracking.log_metrics(self.tracking_uri, self.mlflow_run_id,
                                  {f"eval/{k}": v for k, v in self.eval_metrics.items()},
                                  step=self.train_result["final_step"])  # fmt: skip
+            tracking.log_file_contents(
+                self.tracking_uri, self.mlflow_run_id, self.eval_files, artifact_path="eval"
+            )
             # The MLflow run points at the Metaflow run that finished it (a resume is a new Metaflow run).
             tracking.set_tags(self.tracking_uri, self.mlflow_run_id,
                               {tracking.PATHSPEC_TAG: f"{current.flow_name}/{current.run_id}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,13 @@ def example_input(config_type, *, image_size: int = 64):
     row["state"] = [0.0] * config_type.state_dim
     row["task"] = "reach the goal"
     return pd.DataFrame([row])
+
+
+def example_records(config_type: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``example_input`` as JSON-ready records, from a config type dict (an export's config_type.json)."""
+    from data_adapters.config_types import ConfigType
+
+    return example_input(ConfigType.from_dict(config_type)).to_dict(orient="records")
 
 
 def write_model_card(
@@ -71,9 +79,31 @@ def write_model_card(
     lines += [f"- {k}: {v:.6g}" for k, v in sorted(metrics.items())] or ["- none recorded"]
     lines += ["", "## Lineage", ""]
     lines += [f"- {k}: {v}" for k, v in sorted(lineage.items())] or ["- none recorded"]
+    lines += ["", "## Example request", "",
+              "Body of a `POST /invocations` to `mlflow models serve` (images: base64 PNG, state in robot units):",
+              "", "```json", json.dumps({"dataframe_records": example_records(config_type)}), "```"]  # fmt: skip
     path = export_dir / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def policy_signature(config_type):
+    """The pyfunc's MLflow signature, from the config type alone (no model is loaded or run).
+
+    Inputs: one base64-PNG string column per dataset camera key, ``state`` (array of doubles) and
+    ``task`` (string); output: float32 action chunks [rows, action_horizon, action_dim]. MLflow enforces
+    the input schema on every ``predict`` (a missing camera column is named before the policy runs).
+    ``tests/test_pyfunc.py`` checks it equals what ``infer_signature`` derives from a real prediction.
+    """
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types.schema import Array
+
+    columns = [ColSpec("string", key) for key in config_type.camera_keys]
+    columns += [ColSpec(Array("double"), "state"), ColSpec("string", "task")]
+    shape = (-1, config_type.action_horizon, config_type.action_dim)
+    return ModelSignature(inputs=Schema(columns), outputs=Schema([TensorSpec(np.dtype(np.float32), shape)]))
 
 
 def log_policy_model(
@@ -83,39 +113,44 @@ def log_policy_model(
     run_id: str | None = None,
     tracking_uri: str | None = None,
 ):
-    """Log ``export_dir`` as a pyfunc under the active (or given) MLflow run; returns MLflow's ModelInfo."""
+    """Log ``export_dir`` as a pyfunc under the active (or given) MLflow run; returns MLflow's ModelInfo.
+
+    Nothing here loads the model: the signature comes from the export's config type, and no
+    ``input_example`` is passed, because MLflow would then load the logged model (torch, weights) and
+    predict on the example just to validate it (~5 s of the register step on 2 cores). The model card
+    (README.md, ``write_model_card``) carries an example request instead; the tests load the logged
+    model by alias and predict (``tests/test_pyfunc.py``, and the demo flow's end-to-end test).
+    """
     import mlflow
+
+    from data_adapters.config_types import ConfigType
 
     if tracking_uri is not None:
         mlflow.set_tracking_uri(tracking_uri)
-    from mlflow.models import infer_signature
-
-    from steps.policy import Policy
-
     export_dir = Path(export_dir)
-    policy = Policy.from_export(export_dir)
-    example = example_input(policy.config_type)
-    from steps.mlflow_pyfunc import PolicyModel
-
-    wrapper = PolicyModel()
-    wrapper.policy = policy
-    signature = infer_signature(example, wrapper.predict(None, example))
+    config_type = ConfigType.from_dict(json.loads((export_dir / "config_type.json").read_text()))
     with tempfile.TemporaryDirectory(prefix="vla-sft-code-") as code_dir:
         kwargs = dict(
             name=name,
             python_model=str(PYFUNC_FILE),
             artifacts={"export": str(export_dir)},
             code_paths=_stage_code(Path(code_dir)),
-            input_example=example,
-            signature=signature,
+            signature=policy_signature(config_type),
             # Explicit requirements: MLflow would otherwise load the model in a subprocess to infer them
             # (~15 s of imports on a 2-core machine) and would still miss packages imported lazily.
             pip_requirements=runtime_requirements(),
         )
-        if run_id is not None and (mlflow.active_run() is None or mlflow.active_run().info.run_id != run_id):
-            with mlflow.start_run(run_id=run_id):
-                return mlflow.pyfunc.log_model(**kwargs)
-        return mlflow.pyfunc.log_model(**kwargs)
+        with warnings.catch_warnings():
+            # "An input example was not provided": deliberate, see the docstring.
+            warnings.filterwarnings(
+                "ignore", message=".*input example was not provided", category=UserWarning
+            )
+            if run_id is not None and (
+                mlflow.active_run() is None or mlflow.active_run().info.run_id != run_id
+            ):
+                with mlflow.start_run(run_id=run_id):
+                    return mlflow.pyfunc.log_model(**kwargs)
+            return mlflow.pyfunc.log_model(**kwargs)
 
 
 # What the pyfunc imports when it loads and predicts (steps.policy, model_zoo, data_adapters).

@@ -288,6 +288,26 @@ def log_files(uri: str, run_id: str, files: Mapping[str, str], artifact_path: st
         client.log_artifact(run_id, path, folder)
 
 
+def log_file_contents(
+    uri: str, run_id: str, contents: Mapping[str, bytes], artifact_path: str | None = None
+) -> None:
+    """Like ``log_files``, for files held in memory (``contents``: artifact name -> bytes), e.g. a
+    Metaflow artifact carried from the task that made them to the task that logs them."""
+    import tempfile
+
+    if not contents:
+        return
+    with tempfile.TemporaryDirectory(prefix="vla-sft-log-") as tmp:
+        files = {}
+        for i, (name, data) in enumerate(contents.items()):
+            # One folder per file: two names with the same base name (plots/a.png, rollouts/a.png) can't collide.
+            path = Path(tmp) / str(i) / os.path.basename(name)
+            path.parent.mkdir()
+            path.write_bytes(data)
+            files[name] = str(path)
+        log_files(uri, run_id, files, artifact_path=artifact_path)
+
+
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     from mlflow.tracking import MlflowClient
 

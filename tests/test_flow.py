@@ -261,6 +261,22 @@ def test_register_is_idempotent_and_sets_alias(tmp_path):
         )
 
 
+def test_eval_files_carried_as_bytes_are_logged_under_their_names(tmp_path):
+    """evaluate hands its plots and rollout media to register as bytes; register logs them (same base
+    name in two folders included) where evaluate used to."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_id, _ = tracking.get_or_create_run(uri, "exp", "SFTFlow-8")
+    contents = {"plots/a.png": b"plot", "rollouts/a.png": b"strip", "rollouts/t_seed1_fail.gif": b"gif"}
+    tracking.log_file_contents(uri, run_id, contents, artifact_path="eval")
+    tracking.log_file_contents(uri, run_id, {}, artifact_path="eval")  # nothing to log: no error
+    client = MlflowClient(uri)
+    for name, data in contents.items():
+        local = client.download_artifacts(run_id, f"eval/{name}", str(tmp_path / "dl"))
+        assert Path(local).read_bytes() == data
+
+
 # --- packaging (fast) ---------------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 
 from steps.mlflow_pyfunc import decode_image, encode_image  # noqa: E402
-from steps.model_logging import example_input, log_policy_model, write_model_card  # noqa: E402
+from steps.model_logging import example_input, log_policy_model, policy_signature, write_model_card  # noqa: E402
 from steps.policy import Policy  # noqa: E402
 from tests.mlflow_helpers import free_port  # noqa: E402
 from tests.policy_helpers import make_tiny_export  # noqa: E402
@@ -109,6 +109,32 @@ def test_example_input_matches_schema(registered):
     policy = Policy.from_export(registered["export"], device="cpu")
     df = example_input(policy.config_type)
     assert list(df.columns) == ["observation.image", "state", "task"]
+
+
+def test_explicit_signature_matches_a_real_prediction(registered):
+    """The signature is written from the config type (no model run at logging time): it must equal what
+    MLflow infers from the example input and the policy's real output."""
+    from mlflow.models import infer_signature
+
+    from steps.mlflow_pyfunc import PolicyModel
+
+    wrapper = PolicyModel()
+    wrapper.policy = Policy.from_export(registered["export"], device="cpu")
+    example = example_input(wrapper.policy.config_type)
+    inferred = infer_signature(example, wrapper.predict(None, example))
+    explicit = policy_signature(wrapper.policy.config_type)
+    assert explicit.to_dict() == inferred.to_dict()
+    logged = mlflow.pyfunc.load_model(registered["model_uri"]).metadata.signature
+    assert logged.to_dict() == explicit.to_dict()
+
+
+def test_model_card_example_request_is_accepted(registered):
+    import pandas as pd
+
+    card = (registered["export"] / "README.md").read_text()
+    body = json.loads(card.split("```json\n", 1)[1].split("\n```", 1)[0])
+    model = mlflow.pyfunc.load_model(registered["model_uri"])
+    assert np.asarray(model.predict(pd.DataFrame(body["dataframe_records"]))).shape == (1, 5, 4)
 
 
 @pytest.mark.slow
