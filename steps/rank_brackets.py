@@ -360,11 +360,11 @@ def sample_brackets(d: DimAccumulator, cap: int) -> list[Bracket]:
         spread = BRACKET_Z * math.sqrt(s * q * (1 - q)) + 2
         edges.append((math.floor(centre - spread), math.ceil(centre + spread) + 1))
     inside = sorted({i for pair in edges for i in pair if 0 <= i < s})
-    # Only these order statistics of the sample are needed: a partition, not a sort. On a float32 copy
-    # (faster): edges are rounded to float32 anyway, and any edges give exact results (the second pass
-    # counts), so rounding the sample first changes nothing but the odd ulp of an edge.
-    sample32 = d.sample.astype(np.float32)
-    picked = dict(zip(inside, np.partition(sample32, inside)[inside].tolist())) if inside else {}
+    # A sort of a float32 copy: numpy's vectorised float32 sort beats a partition at these ~20 ranks
+    # (3-4x here). Edges are rounded to float32 anyway, and any edges give exact results (the second
+    # pass counts), so rounding the sample first changes nothing but the odd ulp of an edge.
+    ordered = np.sort(d.sample.astype(np.float32))
+    picked = dict(zip(inside, ordered[inside].tolist())) if inside else {}
     return [
         Bracket(picked.get(i_lo, -math.inf), picked.get(i_hi, math.inf), "collect", cap)
         for i_lo, i_hi in edges
