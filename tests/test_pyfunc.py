@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
 import urllib.request
 
 import numpy as np
@@ -17,8 +14,8 @@ mlflow = pytest.importorskip("mlflow")
 from steps.mlflow_pyfunc import decode_image, encode_image  # noqa: E402
 from steps.model_logging import example_input, log_policy_model, policy_signature, write_model_card  # noqa: E402
 from steps.policy import Policy  # noqa: E402
-from tests.mlflow_helpers import free_port  # noqa: E402
 from tests.policy_helpers import make_tiny_export  # noqa: E402
+from tests.server_helpers import free_port, local_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -140,21 +137,11 @@ def test_model_card_example_request_is_accepted(registered):
 @pytest.mark.slow
 def test_served_endpoint_answers(registered):
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"]}
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", registered["model_uri"],
            "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    log = open(registered["root"] / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (registered["root"] / "serve.log").read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "server did not come up"
-                time.sleep(1)
+    env = {"MLFLOW_TRACKING_URI": registered["uri"]}
+    with local_server(cmd, f"http://127.0.0.1:{port}/ping", registered["root"] / "serve.log", env=env,
+                      timeout_s=180):  # fmt: skip
         df = _frame(np.random.default_rng(2), rows=1)
         body = json.dumps({"dataframe_records": df.to_dict(orient="records")}).encode()
         req = urllib.request.Request(
@@ -162,13 +149,6 @@ def test_served_endpoint_answers(registered):
         )
         with urllib.request.urlopen(req, timeout=120) as resp:
             answer = json.loads(resp.read())
-        served = np.asarray(answer["predictions"], dtype=np.float32)
-        local = np.asarray(mlflow.pyfunc.load_model(registered["model_uri"]).predict(df))
-        np.testing.assert_allclose(served, local, atol=1e-5)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    served = np.asarray(answer["predictions"], dtype=np.float32)
+    local = np.asarray(mlflow.pyfunc.load_model(registered["model_uri"]).predict(df))
+    np.testing.assert_allclose(served, local, atol=1e-5)
