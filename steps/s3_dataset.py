@@ -63,7 +63,7 @@ def list_dataset(uri: str, client=None) -> list[dict]:
         kwargs = {"Bucket": bucket, "Prefix": base, "MaxKeys": LIST_PAGE_SIZE}
         if token:
             kwargs["ContinuationToken"] = token
-        page = _call(uri, client.list_objects_v2, **kwargs)
+        page = s3_call(uri, client.list_objects_v2, **kwargs)
         for obj in page.get("Contents", []):
             rel = obj["Key"][len(base) :]
             if rel and not rel.endswith("/"):  # "folder" placeholder objects carry no data
@@ -117,7 +117,7 @@ def fetch_s3_dataset(
             dest = staging / o["key"]
             dest.parent.mkdir(parents=True, exist_ok=True)
             # IfMatch: an object replaced while we copy is an error, not a mixed snapshot.
-            body = _call(uri, client.get_object, Bucket=bucket, Key=base + o["key"], IfMatch=o["etag"])[
+            body = s3_call(uri, client.get_object, Bucket=bucket, Key=base + o["key"], IfMatch=o["etag"])[
                 "Body"
             ]
             with open(dest, "wb") as f:
@@ -136,7 +136,7 @@ def fetch_s3_dataset(
     return S3Snapshot(target, current, len(objects))
 
 
-def _call(uri: str, fn, **kwargs):
+def s3_call(uri: str, fn, **kwargs):
     """A boto3 call whose failures read as one line naming the dataset and what to do."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 

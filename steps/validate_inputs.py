@@ -160,7 +160,7 @@ def check_s3_dataset(uri: str, ct, check_remote: bool = True, timeout_s: float =
             return
         client = s3_dataset.s3_client(connect_timeout=timeout_s, attempts=1)
         key = "/".join(p for p in (prefix, s3_dataset.INFO_KEY) if p)
-        body = s3_dataset._call(uri, client.get_object, Bucket=bucket, Key=key)["Body"].read()
+        body = s3_dataset.s3_call(uri, client.get_object, Bucket=bucket, Key=key)["Body"].read()
         validate_against_dataset(ct, json.loads(body))
     except ValueError as exc:
         raise InputError(f"--dataset: {_one_line(exc)}") from None
