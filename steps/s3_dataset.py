@@ -117,9 +117,8 @@ def fetch_s3_dataset(
             dest = staging / o["key"]
             dest.parent.mkdir(parents=True, exist_ok=True)
             # IfMatch: an object replaced while we copy is an error, not a mixed snapshot.
-            body = s3_call(uri, client.get_object, Bucket=bucket, Key=base + o["key"], IfMatch=o["etag"])[
-                "Body"
-            ]
+            answer = s3_call(uri, client.get_object, Bucket=bucket, Key=base + o["key"], IfMatch=o["etag"])
+            body = answer["Body"]
             with open(dest, "wb") as f:
                 shutil.copyfileobj(body, f, length=1 << 20)
             if dest.stat().st_size != o["size"]:
