@@ -343,6 +343,9 @@ class Trainer:
                                       config_json=cfg.to_json(), norm_stats_path=cfg.norm_stats_path,
                                       fsdp=self.fsdp, hook=hook)  # fmt: skip
         self.last_checkpoint_step = self.step
+        # Metrics are buffered; send them with every checkpoint, so that after a crash the tracked history
+        # reaches the step a resumed run restarts from (it logs only the steps after it).
+        self.logger.flush()
         if self.ctx.is_main:
             ckpt.prune(self.store, cfg.keep_last)
         D.barrier(self.ctx)

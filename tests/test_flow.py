@@ -319,6 +319,7 @@ def _mlflow_checks(root: Path, info: dict, *, expect_world_size: int) -> None:
     steps = [m.step for m in history]
     assert len(steps) == len(set(steps)), "duplicate metric steps after resume"
     assert max(steps) == info["train_result"]["final_step"]
+    assert min(steps) == 1, "steps before the resumed checkpoint were lost"  # flushed with each checkpoint
     assert "eval/val_action_mse" in run.data.metrics
     plots = {f.path for f in client.list_artifacts(run.info.run_id, "eval/plots")}
     assert {"eval/plots/action_trajectories.png", "eval/plots/error_by_step.png"} <= plots

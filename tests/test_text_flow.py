@@ -134,3 +134,27 @@ def test_text_demo_flow_end_to_end_registers_a_generating_model(assets, tmp_path
         {"messages": [[{"role": "user", "content": "repeat red"}]]}, params={"max_new_tokens": 3}
     )
     assert len(out) == 1 and isinstance(out[0], str)
+
+
+@pytest.mark.slow
+def test_text_flow_resume_continues_training_from_its_checkpoint(assets, tmp_path):
+    """Text SFT through the flow: training killed after the step-4 checkpoint, then `resume`."""
+    from mlflow.tracking import MlflowClient
+
+    args = ["run", "--config_type", str(assets["yaml"]), "--demo", "--max_steps", "8", "--lora", "--lora_rank", "4",
+            "--model_name", "tiny-text-resume"]  # fmt: skip
+    cluster = ["--config-value", "cluster", '{"retries": 0}']
+    failed = run_flow(tmp_path, *cluster, *args, env=flow_env(tmp_path, VLA_SFT_FAIL_AFTER_STEP="4"))
+    assert failed.returncode != 0
+    first = inspect_run(tmp_path)
+    assert not first["successful"] and first["steps"].get("train") is False
+    resumed = run_flow(tmp_path, "resume", "--origin-run-id", first["id"])
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    info = inspect_run(tmp_path)
+    assert info["successful"] and info["lineage_id"] == f"SFTFlow-{first['id']}"
+    assert (info["train_result"]["resumed_from"], info["train_result"]["final_step"]) == (4, 8)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    steps = [m.step for m in client.get_metric_history(info["mlflow_run_id"], "train/loss")]
+    assert sorted(steps) == list(range(1, 9)), steps  # every step once: the resumed run continues the history
+    versions = client.search_model_versions("name = 'tiny-text-resume'")
+    assert [v.tags["vla_sft.lineage_id"] for v in versions] == [info["lineage_id"]]  # registered once
