@@ -213,9 +213,8 @@ class Block:
         _, first, _, _ = self._padding()
         column, state = self.padded_actions[:, dim], self.state[:, dim]
         state32 = state.astype(np.float32)
-        windows = sliding_window_view(
-            self._padded32[dim], h
-        )  # no copy: row t of chunk t is windows[first[t]]
+        # No copy: chunk t's values are windows[first[t]].
+        windows = sliding_window_view(self._padded32[dim], h)
 
         def values32(rows: np.ndarray) -> np.ndarray:
             out = windows[first[rows]]  # [m, H] copy
@@ -306,12 +305,13 @@ class Block:
             by_dim = np.ascontiguousarray(columns.T)  # contiguous rows: the window gathers stay fast
             self._padded32 = {int(d): by_dim[j] for j, d in enumerate(dims)}
         low, high = window_min_max(columns, first, h)
+        low, high = low.T, high.T  # [dims, frames], like ``state``: reductions along contiguous rows
         if self.float32_data:
-            state32 = self.state[:, dims].astype(np.float32)
-            self._row_bounds = {int(d): (low[:, j] - state32[:, j], high[:, j] - state32[:, j])
-                                for j, d in enumerate(dims)}  # fmt: skip
-        state = self.state[:, dims].T  # reductions along contiguous rows
-        low, high = (low.T - state).min(axis=1), (high.T - state).max(axis=1)
+            state32 = state.astype(np.float32)
+            self._row_bounds = {
+                int(d): (low[j] - state32[j], high[j] - state32[j]) for j, d in enumerate(dims)
+            }
+        low, high = (low - state).min(axis=1), (high - state).max(axis=1)
         return {
             int(d): (count, float(mean[j]), float(m2[j]), float(low[j]), float(high[j]))
             for j, d in enumerate(dims)

@@ -81,9 +81,9 @@ def sim_tasks_for(dataset_root: str | os.PathLike, tasks: Sequence[str] | None) 
 
 
 def _image_resolution(dataset_root: str | os.PathLike, camera_key: str) -> int:
-    from data_adapters.lerobot_format import read_meta
-
-    return int(read_meta(dataset_root).features[camera_key]["shape"][0])
+    # info.json alone: read_meta would also parse every episode's metadata for this one number.
+    info = json.loads((Path(dataset_root) / "meta" / "info.json").read_text())
+    return int(info["features"][camera_key]["shape"][0])
 
 
 def evaluate_export(
