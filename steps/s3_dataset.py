@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,13 +32,13 @@ class S3Snapshot:
     downloaded: int  # objects downloaded by this call (0: the cached snapshot was reused)
 
 
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` -> (bucket, prefix without surrounding slashes)."""
+def parse_s3_uri(uri: str, what: str = "dataset") -> tuple[str, str]:
+    """``s3://bucket/prefix`` -> (bucket, prefix without surrounding slashes); errors name ``what``."""
     if not uri.startswith("s3://"):
-        raise ValueError(f"dataset {uri!r}: not an s3:// URI")
+        raise ValueError(f"{what} {uri!r}: not an s3:// URI")
     bucket, _, prefix = uri[len("s3://") :].partition("/")
     if not bucket:
-        raise ValueError(f"dataset {uri!r}: no bucket name")
+        raise ValueError(f"{what} {uri!r}: no bucket name")
     return bucket, prefix.strip("/")
 
 
@@ -94,6 +93,7 @@ def fetch_s3_dataset(
         ValueError: bad URI, no credentials, bucket or prefix missing or not a LeRobot dataset, an
             object changed during the download, or ``revision`` given and the data no longer match it.
     """
+    from model_zoo.files import write_dir_atomically
     from steps.cache import cache_dir_for
 
     bucket, prefix = parse_s3_uri(uri)
@@ -109,29 +109,23 @@ def fetch_s3_dataset(
     target = cache_dir_for("datasets", cache_dir) / "s3" / bucket / prefix_dir / current
     if target.is_dir():
         return S3Snapshot(target, current, 0)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{current}-", dir=target.parent))
-    try:
-        base = f"{prefix}/" if prefix else ""
+    base = f"{prefix}/" if prefix else ""
+
+    def download(staging: Path) -> None:
         for o in objects:
             dest = staging / o["key"]
             dest.parent.mkdir(parents=True, exist_ok=True)
             # IfMatch: an object replaced while we copy is an error, not a mixed snapshot.
             answer = s3_call(uri, client.get_object, Bucket=bucket, Key=base + o["key"], IfMatch=o["etag"])
-            body = answer["Body"]
             with open(dest, "wb") as f:
-                shutil.copyfileobj(body, f, length=1 << 20)
+                shutil.copyfileobj(answer["Body"], f, length=1 << 20)
             if dest.stat().st_size != o["size"]:
                 raise ValueError(
                     f"dataset {uri}: {o['key']} has {dest.stat().st_size} bytes, listed {o['size']}"
                 )
-        try:
-            staging.rename(target)
-        except OSError:
-            if not target.is_dir():  # another process finished the same snapshot first: use theirs
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    # Another process that finished the same snapshot first wrote the same files: keep theirs.
+    write_dir_atomically(target, download, replace=False)
     return S3Snapshot(target, current, len(objects))
 
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,8 +172,10 @@ def publish_export(export_dir: str, checkpoint_dir: str) -> str:
         return export_dir
     import boto3
 
-    bucket, _, prefix = checkpoint_dir[len("s3://") :].partition("/")
-    prefix = f"{prefix.rstrip('/')}/export"
+    from steps.s3_dataset import parse_s3_uri
+
+    bucket, prefix = parse_s3_uri(checkpoint_dir, "checkpoint_dir")
+    prefix = f"{prefix}/export" if prefix else "export"
     client = boto3.client("s3")
     files = sorted(p for p in Path(export_dir).rglob("*") if p.is_file())
     for path in files:
@@ -195,18 +195,18 @@ def local_export(uri: str, cache_dir: str | os.PathLike) -> str:
         return uri
     import boto3
 
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    from model_zoo.files import write_dir_atomically
+    from steps.s3_dataset import parse_s3_uri
+
+    bucket, prefix = parse_s3_uri(uri, "export")
     client = boto3.client("s3")
     keys = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
         keys += [obj["Key"] for obj in page.get("Contents", [])]
     if f"{prefix}/COMPLETE" not in keys:
         raise ValueError(f"export: {uri} has no COMPLETE marker (the upload did not finish)")
-    target = Path(cache_dir) / "export"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Download beside the target, then swap it in: a killed download never looks like an export.
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=target.parent))
-    try:
+
+    def download(staging: Path) -> None:
         for key in keys:
             rel = key[len(prefix) + 1 :]
             if rel == "COMPLETE":
@@ -214,12 +214,9 @@ def local_export(uri: str, cache_dir: str | os.PathLike) -> str:
             dest = staging / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, key, str(dest))
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return str(target)
+
+    # Downloaded beside the target, then swapped in: a killed download never looks like an export.
+    return str(write_dir_atomically(Path(cache_dir) / "export", download))
 
 
 def read_metrics_file(path: str | os.PathLike | None) -> list[dict]:

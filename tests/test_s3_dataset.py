@@ -50,7 +50,7 @@ def test_fetch_downloads_once_and_matches_the_local_copy(s3_env, bucket, metawor
     assert (result.source, result.revision, result.path) == ("s3", first.revision, str(first.path))
     assert (result.fingerprint, result.train_episodes, result.val_episodes) == (
         local.fingerprint, local.train_episodes, local.val_episodes)  # fmt: skip
-    assert not [p for p in first.path.parent.iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in first.path.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 
 def test_a_changed_dataset_is_a_new_snapshot_and_breaks_an_old_pin(s3_env, bucket, metaworld_ds, tmp_path):
@@ -127,9 +127,24 @@ def test_export_round_trip_through_s3(s3_env, bucket, tmp_path):
     assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) == [
         "model.safetensors", "sub/config.json"]  # fmt: skip
     assert (local / "model.safetensors").read_bytes() == (export / "model.safetensors").read_bytes()
-    assert not [p for p in local.parent.iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in local.parent.iterdir() if p.name.startswith(".")]  # no staging left
     # An upload that never finished (no marker) is refused, and the old download stays intact.
     s3_env.put_object(Bucket=bucket, Key="half/export/model.safetensors", Body=b"partial")
     with pytest.raises(ValueError, match="no COMPLETE marker"):
         local_export(f"s3://{bucket}/half/export", tmp_path / "node")
     assert (local / "sub" / "config.json").is_file()
+
+
+def test_missing_credentials_are_named(s3_env, bucket, tmp_path, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role lookup
+    import boto3
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # boto3 caches the credentials it resolved earlier
+    with pytest.raises(
+        ValueError, match=rf"dataset s3://{bucket}/mw: no AWS credentials \(set AWS_ACCESS_KEY_ID"
+    ):
+        fetch_s3_dataset(f"s3://{bucket}/mw", cache_dir=tmp_path)
