@@ -8,8 +8,6 @@ from pathlib import Path
 
 from tests.server_helpers import free_port, local_server
 
-__all__ = ["free_port", "mlflow_server"]
-
 
 @contextlib.contextmanager
 def mlflow_server(root: Path, timeout_s: float = 90.0):

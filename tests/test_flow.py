@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -20,6 +19,7 @@ import pytest
 
 from steps import tracking
 from steps.validate_inputs import InputError, validate_run_inputs
+from tests.server_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 FLOW = REPO / "flows" / "sft_flow.py"
@@ -75,12 +75,6 @@ def inspect_run(root: Path, run_id: str | None = None) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("INSPECT"))
     return json.loads(line[len("INSPECT") :])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- validation in start (fast) -----------------------------------------------------------------
