@@ -89,7 +89,7 @@ def compute_norm_stats(
         hist_bins: histogram bins (method "histogram").
         seed: sampling seed (changes the work done, never the exact result).
         workers: threads over the dims of each block (numpy releases the GIL in the per-dim work);
-            the result does not depend on it. On a busy 2-core machine 1 was as fast as 2.
+            the result does not depend on it.
 
     Returns:
         data_adapters.normalization.NormStats (float32 statistics + metadata).
