@@ -148,16 +148,9 @@ def main() -> None:
             f", {args.runs} run(s), medians.\n\n{table}\n")  # fmt: skip
     print(text)
     if args.append_results:
-        results = REPO / "benchmarks" / "RESULTS.md"
-        content = results.read_text() if results.exists() else "# Benchmarks\n"
-        heading = "## Demo flow"
-        if heading not in content:
-            content = content.rstrip() + f"\n\n{heading}\n"
-        # Insert at the end of our own section (before the next "## " heading, if any).
-        start = content.index(heading) + len(heading)
-        nxt = content.find("\n## ", start)
-        end = len(content) if nxt < 0 else nxt
-        results.write_text(content[:end].rstrip() + "\n" + text + content[end:])
+        from results_md import append_to_section  # benchmarks/ is on sys.path when run as a script
+
+        append_to_section("Demo flow", text)
 
 
 if __name__ == "__main__":

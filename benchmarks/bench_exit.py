@@ -16,9 +16,7 @@ import subprocess
 import sys
 import time
 from datetime import date
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 CHILD = "import torch, peft, mlflow, time\n{freeze}print(repr(time.time()), flush=True)\n"
 FREEZE = "import atexit, gc\natexit.register(gc.freeze)\n"
 
@@ -48,15 +46,9 @@ def main() -> None:
             f"- gc.freeze saves {plain - frozen:.2f} s per process exit ({plain / frozen:.1f}x less).\n")  # fmt: skip
     print(text)
     if args.append_results:
-        results = REPO / "benchmarks" / "RESULTS.md"
-        content = results.read_text()
-        heading = "## Process exit"
-        if heading not in content:
-            content = content.rstrip() + f"\n\n{heading}\n"
-        start = content.index(heading) + len(heading)
-        nxt = content.find("\n## ", start)
-        end = len(content) if nxt < 0 else nxt
-        results.write_text(content[:end].rstrip() + "\n" + text + content[end:])
+        from results_md import append_to_section  # benchmarks/ is on sys.path when run as a script
+
+        append_to_section("Process exit", text)
 
 
 if __name__ == "__main__":

@@ -128,17 +128,9 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.append:
-        path = REPO / "benchmarks" / "RESULTS.md"
-        text = path.read_text() if path.exists() else "# Benchmark results\n"
-        if "\n## Training\n" not in text:
-            text = text.rstrip("\n") + "\n\n## Training\n\n"
-        head, _, tail = text.partition("\n## Training\n")
-        # Insert at the end of our section (before the next "## " heading, if any).
-        body, sep, rest = tail.partition("\n## ")
-        text = (
-            head + "\n## Training\n" + body.rstrip("\n") + "\n\n" + table + (("\n## " + rest) if sep else "")
-        )
-        path.write_text(text)
+        from results_md import append_to_section  # benchmarks/ is on sys.path when run as a script
+
+        append_to_section("Training", "\n" + table)
 
 
 if __name__ == "__main__":
