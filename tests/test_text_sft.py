@@ -267,6 +267,35 @@ def test_resume_after_sigkill_is_exact(text_assets, reference, tmp_path):
         torch.testing.assert_close(got_w[name], value, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_two_processes_match_one(text_assets, reference, tmp_path, parallelism):
+    """The causal-LM task under torchrun (2 CPU processes, gloo): the same losses and weights as one process,
+    each rank reading its half of every global batch."""
+    cfg = dataclasses.replace(reference["cfg"], checkpoint_dir=str(tmp_path / parallelism), parallelism=parallelism,
+                              metrics_file=str(tmp_path / f"{parallelism}.metrics.jsonl"))  # fmt: skip
+    cfg_file = tmp_path / "cfg.json"
+    cfg.to_json(cfg_file)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "steps.train", "--config", str(cfg_file)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = {}
+    for line in Path(cfg.metrics_file).read_text().splitlines():
+        row = json.loads(line)
+        got[row["step"]] = row["train/loss"]
+    ref = dict(reference["result"].losses)
+    np.testing.assert_allclose([got[s] for s in range(1, 7)], [ref[s] for s in range(1, 7)], rtol=1e-4)
+    from safetensors.torch import load_file
+
+    ref_w = load_file(str(Path(reference["result"].export_dir) / "model.safetensors"))
+    got_w = load_file(str(tmp_path / parallelism / "export" / "model.safetensors"))
+    assert ref_w.keys() == got_w.keys()
+    for name, value in ref_w.items():
+        torch.testing.assert_close(got_w[name], value, rtol=1e-4, atol=1e-5)
+
+
 # --- evaluate and register -------------------------------------------------------------------------------
 
 

@@ -380,6 +380,28 @@ def test_fsdp_two_processes_resume_matches_single_process(assets, reference, tmp
                                rtol=1e-4)  # fmt: skip
 
 
+@pytest.mark.slow
+def test_fsdp_lora_two_processes_resume_matches_single_process(assets, tmp_path):
+    """LoRA under FSDP2 (frozen base weights sharded with the adapters): a resumed 2-process run equals one
+    uninterrupted process, and the export is the merged model."""
+    lora = dict(lora=LoraConfig(rank=4), max_steps=4, save_every=2, metrics_file=None)
+    single = main(_config(assets, tmp_path / "single", **lora))
+    cfg = _config(assets, tmp_path / "fsdp", **{**lora, "metrics_file": str(tmp_path / "fsdp.metrics.jsonl")},
+                  parallelism="fsdp")  # fmt: skip
+    first = _run_subprocess(dataclasses.replace(cfg, max_steps=2), tmp_path, torchrun_procs=2)
+    assert first.returncode == 0, first.stderr[-4000:]
+    second = _run_subprocess(cfg, tmp_path, torchrun_procs=2)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "resumed from" in second.stderr
+    ref_w, got_w = _weights(single.export_dir), _weights(tmp_path / "fsdp" / "export")
+    assert ref_w.keys() == got_w.keys() and not any("lora_" in k for k in got_w)
+    for name, value in ref_w.items():
+        torch.testing.assert_close(got_w[name], value, rtol=1e-4, atol=1e-5)
+    got = _losses(cfg.metrics_file)
+    np.testing.assert_allclose([got[s] for s in range(1, 5)], [loss for _, loss in single.losses], rtol=1e-4)
+    assert (tmp_path / "fsdp" / "export" / "adapter" / "adapter_model.safetensors").is_file()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Metrics: MLflow run joined by id, no duplicate points after a resume, rank 0 only
 # ---------------------------------------------------------------------------------------------------------
