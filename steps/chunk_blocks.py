@@ -288,7 +288,10 @@ class Block:
         end = np.repeat(starts + lengths, lengths)  # one past the last frame of t's episode
         stop = np.minimum(t + h, end)
         c = np.concatenate((np.zeros((dims.size, 1)), np.cumsum(a, axis=1)), axis=1)
-        window_sum = c[:, stop] - c[:, t] + (t + h - stop) * a[:, end - 1]
+        window_sum = c[:, stop] - c[:, : self.n]  # c[:, t] for every t
+        # Chunks that run past their episode's end repeat its last action for the missing steps.
+        short = np.flatnonzero(stop < t + h)
+        window_sum[:, short] += (t[short] + h - stop[short]) * a[:, end[short] - 1]
         mult = self.mult.astype(np.float64)
         count = self.n * h
         mean = (a @ mult - h * s.sum(axis=1)) / count
