@@ -28,16 +28,31 @@ PROMPT_FIELDS = ("prompt", "completion")
 _SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
+def locate(source: str, *, revision: str | None = None) -> tuple[Path, str | None]:
+    """The dataset's local file or folder, and for a Hub dataset the commit it resolved to.
+
+    A Hub id is downloaded (or found in the Hub cache) at ``revision``; the commit is the snapshot's
+    folder name, so a branch or tag read once can be read again at exactly that commit.
+    """
+    path = Path(source).expanduser()
+    if path.exists():
+        return path, None
+    if source.startswith(("/", ".", "~")) or source.count("/") != 1:
+        raise ValueError(f"dataset: {source} does not exist (a local file/folder or a Hub id org/name)")
+    from huggingface_hub import snapshot_download
+
+    path = Path(snapshot_download(repo_id=source, repo_type="dataset", revision=revision,
+                                  allow_patterns=["*.jsonl", "*.json", "*.parquet"]))  # fmt: skip
+    return path, path.name
+
+
 def load_rows(source: str, *, revision: str | None = None, split: str = "train") -> list[dict[str, Any]]:
     """All rows of a local .jsonl/.json/.parquet file or folder, or of a Hub dataset (its ``split`` files)."""
-    path = Path(source).expanduser()
-    if not path.exists():
-        if source.startswith(("/", ".", "~")) or source.count("/") != 1:
-            raise ValueError(f"dataset: {source} does not exist (a local file/folder or a Hub id org/name)")
-        from huggingface_hub import snapshot_download
+    return read_rows(locate(source, revision=revision)[0], source, split=split)
 
-        path = Path(snapshot_download(repo_id=source, repo_type="dataset", revision=revision,
-                                      allow_patterns=["*.jsonl", "*.json", "*.parquet"]))  # fmt: skip
+
+def read_rows(path: Path, source: str, *, split: str = "train") -> list[dict[str, Any]]:
+    """All rows of a located dataset (``source`` names it in errors)."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in _SUFFIXES)
     if path.is_dir():
         named = [p for p in files if split in p.relative_to(path).as_posix()]

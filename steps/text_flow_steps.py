@@ -144,12 +144,15 @@ def fetch_text_dataset(plan: dict) -> TextFetchResult:
     from steps import text_data
 
     ct = get_config_type(plan["config_type"])
-    rows = text_data.load_rows(plan["dataset"], revision=plan["dataset_revision"] or ct.dataset_revision)
+    # A Hub branch or tag is pinned to the commit read here: stats, training and evaluation read that commit
+    # (and lineage records it), even if the branch moves during the run.
+    path, commit = text_data.locate(plan["dataset"], revision=plan["dataset_revision"] or ct.dataset_revision)
+    rows = text_data.read_rows(path, plan["dataset"])
     text_data.row_format(rows, plan["dataset"])
     train, val = text_data.split_rows(len(rows), ct.val_fraction, SPLIT_SEED)
     return TextFetchResult(path=plan["dataset"], train_episodes=train, val_episodes=val, dataset_id=plan["dataset"],
-                           revision=plan["dataset_revision"] or ct.dataset_revision, source=plan["dataset_kind"],
-                           fingerprint=_rows_fingerprint(rows), num_rows=len(rows))  # fmt: skip
+                           revision=commit, source=plan["dataset_kind"], fingerprint=_rows_fingerprint(rows),
+                           num_rows=len(rows))  # fmt: skip
 
 
 def _rows_fingerprint(rows: list) -> str:

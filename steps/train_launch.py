@@ -39,6 +39,7 @@ class NodeInputs:
     dataset_root: str
     norm_stats_path: str
     tokenizer_path: str
+    dataset_revision: str | None = None  # the commit fetch_data pinned (text datasets read from the Hub)
 
 
 def checkpoint_dir_for(checkpoint_root: str, lineage_id: str) -> str:
@@ -54,7 +55,8 @@ def prepare_node_inputs(
     norm_path = workdir / "norm_stats.json"
     norm_path.write_text(json.dumps(norm_stats, indent=2) + "\n")
     if plan.get("kind") == "text":  # a Hugging Face tokenizer folder / Hub id, "" = the model's own
-        return NodeInputs(node_dataset_root(plan, fetched), str(norm_path), plan.get("tokenizer") or "")
+        return NodeInputs(node_dataset_root(plan, fetched), str(norm_path), plan.get("tokenizer") or "",
+                          fetched.get("revision"))  # fmt: skip
     tok_path = workdir / "tokenizer.model"
     tok_path.write_bytes(tokenizer_model)
     return NodeInputs(node_dataset_root(plan, fetched), str(norm_path), str(tok_path))
@@ -105,7 +107,8 @@ def build_train_config(
     fields: dict[str, Any] = {
         "config_type": plan["config_type"],
         "dataset_root": inputs.dataset_root,
-        "dataset_revision": plan.get("dataset_revision"),
+        # Text: the commit fetch_data read (a local LeRobot root needs none: it is already that revision).
+        "dataset_revision": inputs.dataset_revision or plan.get("dataset_revision"),
         "norm_stats_path": inputs.norm_stats_path,
         "tokenizer_path": inputs.tokenizer_path,
         "train_episodes": train_episodes,

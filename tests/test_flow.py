@@ -422,6 +422,8 @@ def test_train_config_from_plan_with_options_and_fault_injection(tmp_path, monke
     assert config.max_steps == plan["max_steps"] and config.fail_after_step is None and not config.mlflow
     monkeypatch.setenv(train_launch.FAULT_ENV, "4")
     assert train_launch.build_train_config(plan, inputs, **kwargs).fail_after_step == 4
+    pinned = train_launch.NodeInputs("/data", "/ns.json", "/tok.model", dataset_revision="c" * 40)
+    assert train_launch.build_train_config(plan, pinned, **kwargs).dataset_revision == "c" * 40
     assert train_launch.export_dir_for("s3://bucket/ckpt/L1", tmp_path) == str(tmp_path / "export")
     assert train_launch.export_dir_for("/ckpt/L1", tmp_path) == "/ckpt/L1/export"
     with pytest.raises(ValueError, match=r"--train_options: unknown TrainConfig field\(s\) \['sed'\]"):

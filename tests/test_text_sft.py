@@ -177,7 +177,15 @@ def test_a_hub_dataset_revision_reaches_every_reader(text_assets, tmp_path, monk
             "dataset_kind": "hub"}  # fmt: skip
     fetched = fetch_text_dataset(plan)
     assert (fetched.num_rows, fetched.revision) == (12, old)
-    assert fetch_text_dataset({**plan, "dataset_revision": None}).num_rows == 24
+    # A branch (or the default) is pinned to the commit it points at now; training gets that commit.
+    for revision in (None, "main"):
+        on_main = fetch_text_dataset({**plan, "dataset_revision": revision})
+        assert (on_main.num_rows, on_main.revision) == (24, "a" * 40)
+    from steps import train_launch
+
+    text_plan = {**plan, "kind": "text", "dataset_revision": "main"}
+    inputs = train_launch.prepare_node_inputs(text_plan, on_main.to_dict(), {}, b"", tmp_path / "node")
+    assert (inputs.dataset_root, inputs.dataset_revision) == ("someone/chat", "a" * 40)
     stats = compute_text_stats(ct, "someone/chat", None, out_path=tmp_path / "s.json", revision=old)
     assert stats["text_stats"]["count"] == 12
     # The trainer reads the pinned commit too: row 20 exists on main only.
