@@ -116,14 +116,10 @@ class S3Store:
     """Checkpoints under ``s3://bucket/prefix/``; completeness is the ``COMPLETE`` object, put last."""
 
     def __init__(self, uri: str, client=None, cache_dir: str | os.PathLike | None = None) -> None:
-        if not uri.startswith("s3://"):
-            raise ValueError(f"checkpoint_dir: not an s3:// URI: {uri!r}")
-        bucket, _, prefix = uri[len("s3://") :].partition("/")
-        if not bucket:
-            raise ValueError(f"checkpoint_dir: no bucket in {uri!r}")
+        from steps.s3_dataset import parse_s3_uri
+
         self.uri = uri
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
+        self.bucket, self.prefix = parse_s3_uri(uri, "checkpoint_dir")
         if client is None:
             import boto3
 

@@ -83,6 +83,12 @@ def test_s3_delete_removes_every_object_of_the_step(request, tmp_path):
     assert not [k for k in keys() if k.startswith("p/step_000000007")]
 
 
+def test_s3_store_names_a_bad_uri():
+    for uri, match in (("s3:///runs", "no bucket name"), ("gs://b/runs", "not an s3:// URI")):
+        with pytest.raises(ValueError, match=rf"checkpoint_dir '{uri}': {match}"):
+            ckpt.S3Store(uri, client=object())
+
+
 def test_local_commit_is_a_rename(tmp_path):
     store = ckpt.LocalStore(tmp_path)
     staging, files = _stage(store, 3)

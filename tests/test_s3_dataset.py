@@ -76,6 +76,41 @@ def test_errors_name_the_dataset(s3_env, bucket, tmp_path):
     assert not list(tmp_path.rglob("*.parquet"))
 
 
+class _ClientBetween:
+    """The real S3 client, with ``between`` run after each listing (to change the bucket mid-fetch) and every
+    downloaded body cut to ``cut`` bytes when set (a stream that ended early)."""
+
+    def __init__(self, client, between=None, cut=None):
+        self.client, self.between, self.cut = client, between, cut
+
+    def list_objects_v2(self, **kwargs):
+        page = self.client.list_objects_v2(**kwargs)
+        if self.between is not None:
+            self.between()
+        return page
+
+    def get_object(self, **kwargs):
+        answer = self.client.get_object(**kwargs)
+        if self.cut is not None:
+            import io
+
+            answer["Body"] = io.BytesIO(answer["Body"].read()[: self.cut])
+        return answer
+
+
+def test_a_replaced_or_cut_object_leaves_no_snapshot(s3_env, bucket, metaworld_ds, tmp_path):
+    upload_folder(s3_env, bucket, "mw", metaworld_ds)
+    uri = f"s3://{bucket}/mw"
+    info = "mw/meta/info.json"
+    replace = lambda: s3_env.put_object(Bucket=bucket, Key=info, Body=b"{}")  # noqa: E731
+    with pytest.raises(ValueError, match=rf"dataset {uri}: an object changed during the download \(retry\)"):
+        fetch_s3_dataset(uri, client=_ClientBetween(s3_env, between=replace), cache_dir=tmp_path)
+    with pytest.raises(ValueError, match=rf"dataset {uri}: .* has 3 bytes, listed \d+"):
+        fetch_s3_dataset(uri, client=_ClientBetween(s3_env, cut=3), cache_dir=tmp_path)
+    # Nothing half-written: no snapshot, no staging folder, no partial file.
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
 def test_start_checks_an_s3_dataset_in_seconds(s3_env, bucket, metaworld_ds, tmp_path, monkeypatch):
     upload_folder(s3_env, bucket, "mw", metaworld_ds)
     common = dict(check_tracking=False, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
