@@ -12,14 +12,25 @@ compressed); LeRobot's own reader makes the same kind of copy through `datasets`
 process memory: pages of the mapping are file-backed, shared by all workers and reclaimable by the OS, so
 resident memory does not grow with the dataset. The cache file name is a hash of the dataset path, the
 selected episodes and the data files' sizes and modification times, so a changed dataset gets a new one.
+
+Each new split, dataset version or camera set adds a file, so the folder is kept under a size budget
+(``$VLA_SFT_IMAGE_CACHE_GB``, default 100): building or reusing a cache marks it used, then the least
+recently used other caches are deleted until the folder fits. A cache in use is never deleted: every
+:class:`ImageColumnCache` holds a shared ``flock`` on its file for its lifetime (inherited by forked
+loader workers), and eviction skips any file it cannot lock exclusively.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import re
+import time
 import uuid
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +42,11 @@ from data_adapters.lerobot_format import DatasetFormatError, DatasetMeta, Episod
 
 _FORMAT_VERSION = 1
 _READ_BATCH_ROWS = 64
+BUDGET_ENV = "VLA_SFT_IMAGE_CACHE_GB"
+DEFAULT_BUDGET_GB = 100.0
+_CACHE_NAME = re.compile(r"^[0-9a-f]{32}\.arrow$")
+_TMP_NAME = re.compile(r"^\.[0-9a-f]{32}\.arrow\.[0-9a-f]{8}\.tmp$")
+_STALE_TMP_S = 24 * 3600  # a writer's temporary file this old belongs to a process that died
 
 
 def default_cache_dir() -> Path:
@@ -49,6 +65,11 @@ class ImageColumnCache:
         self._pid: int | None = None
         self._columns: dict[str, list[pa.Array]] = {}
         self._batch_starts = np.zeros(0, dtype=np.int64)
+        # In use: a shared lock, released when this object goes (eviction needs an exclusive one).
+        lease = os.open(self.path, os.O_RDONLY)
+        weakref.finalize(self, os.close, lease)
+        with contextlib.suppress(OSError):  # no flock on this filesystem: then nothing is evicted either
+            fcntl.flock(lease, fcntl.LOCK_SH)
 
     @classmethod
     def build(
@@ -70,7 +91,11 @@ class ImageColumnCache:
         if not path.is_file():
             cache_dir.mkdir(parents=True, exist_ok=True)
             _write_cache(meta, by_file, keys, path)
-        return cls(path, keys, episode_rows)
+        else:
+            os.utime(path)  # used now: the last to be evicted
+        cache = cls(path, keys, episode_rows)
+        evict_least_recently_used(cache_dir, budget_bytes(), keep=path)
+        return cache
 
     def get(self, key: str, episode: int, frame: int) -> bytes:
         """Encoded bytes (PNG, or whatever the dataset stored) of one image."""
@@ -92,6 +117,62 @@ class ImageColumnCache:
         self._columns = {key: [b.column(key) for b in batches] for key in self.keys}
         self._batch_starts = np.cumsum([0] + [b.num_rows for b in batches[:-1]], dtype=np.int64)
         self._pid = os.getpid()
+
+
+def budget_bytes() -> int:
+    """The cache folder's size budget: ``$VLA_SFT_IMAGE_CACHE_GB`` (GB, may be fractional), default 100."""
+    raw = os.environ.get(BUDGET_ENV)
+    try:
+        gb = float(raw) if raw else DEFAULT_BUDGET_GB
+    except ValueError:
+        raise ValueError(f"{BUDGET_ENV}={raw!r}: expected a number of GB") from None
+    if gb < 0:
+        raise ValueError(f"{BUDGET_ENV}={raw!r}: expected a number of GB >= 0")
+    return int(gb * 1e9)
+
+
+def evict_least_recently_used(cache_dir: Path, budget: int, keep: Path) -> list[Path]:
+    """Delete the least recently used cache files until the folder fits ``budget`` bytes.
+
+    Never ``keep``, nor a file some process holds (see :class:`ImageColumnCache`). Only files named like
+    caches are counted or deleted; writers' temporary files are deleted once a day old (their process
+    died). Files another process deletes or replaces meanwhile are skipped.
+    """
+    caches, removed = [], []
+    for entry in os.scandir(cache_dir):
+        try:
+            stat = entry.stat()
+        except FileNotFoundError:
+            continue
+        if _CACHE_NAME.match(entry.name):
+            caches.append((stat.st_mtime_ns, stat.st_size, Path(entry.path)))
+        elif _TMP_NAME.match(entry.name) and time.time() - stat.st_mtime > _STALE_TMP_S:
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    total = sum(size for _, size, _ in caches)
+    for _, size, path in sorted(caches):  # oldest use first
+        if total <= budget:
+            break
+        if path != keep and _delete_unless_held(path):
+            removed.append(path)
+            total -= size
+    return removed
+
+
+def _delete_unless_held(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # a reader holds it (or the filesystem has no flock: keep it)
+    else:
+        path.unlink(missing_ok=True)  # while locked: no reader can take it up in between
+        return True
+    finally:
+        os.close(fd)
 
 
 def _episodes_by_file(episodes: Sequence[EpisodeMeta]) -> dict[str, list[EpisodeMeta]]:

@@ -162,6 +162,48 @@ def test_image_cache_lives_outside_the_dataset_and_is_reused(datasets, tmp_path)
     assert fingerprint(root) == before
 
 
+def test_image_cache_folder_keeps_to_its_budget_least_recently_used_first(datasets, tmp_path, monkeypatch):
+    import gc
+    import os
+    import time
+
+    from data_adapters import image_column_cache as icc
+
+    root, cache = datasets[("v3.0", "image")], tmp_path / "cache"
+    held = {eps: make_frames(root, tmp_path, episodes=list(eps)) for eps in ((0,), (1,), (2,))}
+    files = {eps: f._image_cache.path for eps, f in held.items()}
+    sizes = {eps: path.stat().st_size for eps, path in files.items()}
+    for age, eps in enumerate(((1,), (0,), (2,))):  # last used: (2,) long ago, then (0,), then (1,)
+        os.utime(files[eps], ns=(time.time_ns() - (age + 1) * 10**12,) * 2)
+    stale_tmp = cache / f".{'0' * 32}.arrow.{'1' * 8}.tmp"  # a writer that died
+    stale_tmp.write_bytes(b"x")
+    os.utime(stale_tmp, (time.time() - 2 * 86400,) * 2)
+    (cache / "notes.txt").write_text("not a cache")
+
+    def present():
+        return [eps for eps, path in files.items() if path.exists()]
+
+    monkeypatch.setenv(icc.BUDGET_ENV, "0")
+    make_frames(root, tmp_path, episodes=[0])
+    assert present() == [(0,), (1,), (2,)]  # all in use by the loaders above: nothing goes
+    assert not stale_tmp.exists() and (cache / "notes.txt").exists()
+    del held[(2,)], held[(0,)]
+    gc.collect()
+    # Room for the cache being opened plus the most recently used other one: (2,) goes, (1,) stays.
+    monkeypatch.setenv(icc.BUDGET_ENV, str((sizes[(0,)] + sizes[(1,)] + 1) / 1e9))
+    again = make_frames(root, tmp_path, episodes=[0])
+    assert present() == [(0,), (1,)]
+    np.testing.assert_array_equal(again[0]["images"][h.CAMERAS[0]], h.image(0, 0, 0))
+    monkeypatch.setenv(icc.BUDGET_ENV, "0")
+    del held[(1,)]
+    gc.collect()
+    make_frames(root, tmp_path, episodes=[0])
+    assert present() == [(0,)]
+    monkeypatch.setenv(icc.BUDGET_ENV, "lots")
+    with pytest.raises(ValueError, match=r"VLA_SFT_IMAGE_CACHE_GB='lots': expected a number of GB"):
+        make_frames(root, tmp_path, episodes=[0])
+
+
 def test_fingerprint_tracks_meta_and_file_sizes(tmp_path):
     root = h.write_dataset(tmp_path / "ds", storage="image")
     first = fingerprint(root)
