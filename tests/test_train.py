@@ -334,6 +334,46 @@ def test_checkpoint_of_another_model_is_refused(assets, reference, tmp_path):
         main(cfg)
 
 
+@pytest.mark.parametrize("lora", [None, LoraConfig(rank=4)])
+def test_training_starts_from_exactly_the_pretrained_weights(assets, reference, tmp_path, lora):
+    """Built on the meta device and filled by the load (no random init): every tensor is the checkpoint's,
+    on CPU, trainable (full) or frozen under adapters (LoRA); then training runs from there."""
+    import hashlib
+
+    from data_adapters.config_types import get_config_type
+    from steps import train_setup
+
+    export = reference["result"].export_dir
+    digest = hashlib.sha256((Path(export) / "model.safetensors").read_bytes()).hexdigest()
+    cfg = _config(assets, tmp_path / "ft", pretrained=export, lora=lora, max_steps=2, save_every=2)
+    ct = get_config_type(CONFIG_TYPE)
+    model = train_setup.build_model(cfg.resolve(1), ct, "fp32")
+    randomly_built = train_setup.build_model(cfg.resolve(1), ct, "fp32", load_weights=False)
+    weights = _weights(export)
+    state = {k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in model.state_dict().items()
+             if "lora_" not in k}  # fmt: skip
+    # The export stores tied tensors once (embed_tokens = lm_head): the extra names must share its storage.
+    stored = {state[k].data_ptr() for k in weights}
+    assert weights.keys() <= state.keys()
+    assert all(state[k].data_ptr() in stored for k in state.keys() - weights.keys())
+    for name, value in weights.items():
+        assert torch.equal(state[name], value), name
+    assert not any(p.is_meta or p.device.type != "cpu" for p in model.parameters())
+    # The same parameters train as in a randomly initialised build (the model freezes a few by design).
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in randomly_built.named_parameters() if p.requires_grad}
+    assert trainable and not any("base_layer" in n for n in trainable)
+    assert any("lora_" in n for n in trainable) == (lora is not None)
+    result = main(cfg)
+    assert result.final_step == 2 and all(np.isfinite(loss) for _, loss in result.losses)
+    # The loaded tensors may be copy-on-write maps of the file: training must never write through to it.
+    assert hashlib.sha256((Path(export) / "model.safetensors").read_bytes()).hexdigest() == digest
+    trained = _weights(result.export_dir)
+    assert any(not torch.equal(trained[k], v) for k, v in weights.items())  # and the model did train
+    if lora is None:  # the first step's loss is the pretrained model's, the end of the reference run
+        assert result.losses[0][1] < reference["result"].losses[0][1]
+
+
 def test_pretrained_weights_of_another_model_are_refused(assets, reference, tmp_path):
     # A pi0.5 export as the starting point of a pi0 config type.
     from data_adapters.config_types import get_config_type
