@@ -92,7 +92,8 @@ class ImageColumnCache:
             cache_dir.mkdir(parents=True, exist_ok=True)
             _write_cache(meta, by_file, keys, path)
         else:
-            os.utime(path)  # used now: the last to be evicted
+            with contextlib.suppress(OSError):  # used now: the last to be evicted (unless read-only)
+                os.utime(path)
         cache = cls(path, keys, episode_rows)
         evict_least_recently_used(cache_dir, budget_bytes(), keep=path)
         return cache
@@ -136,7 +137,8 @@ def evict_least_recently_used(cache_dir: Path, budget: int, keep: Path) -> list[
 
     Never ``keep``, nor a file some process holds (see :class:`ImageColumnCache`). Only files named like
     caches are counted or deleted; writers' temporary files are deleted once a day old (their process
-    died). Files another process deletes or replaces meanwhile are skipped.
+    died). Files another process deletes or replaces meanwhile, or that cannot be deleted (a read-only
+    shared cache), are skipped.
     """
     caches, removed = [], []
     for entry in os.scandir(cache_dir):
@@ -147,8 +149,9 @@ def evict_least_recently_used(cache_dir: Path, budget: int, keep: Path) -> list[
         if _CACHE_NAME.match(entry.name):
             caches.append((stat.st_mtime_ns, stat.st_size, Path(entry.path)))
         elif _TMP_NAME.match(entry.name) and time.time() - stat.st_mtime > _STALE_TMP_S:
-            Path(entry.path).unlink(missing_ok=True)
-            removed.append(Path(entry.path))
+            with contextlib.suppress(OSError):
+                Path(entry.path).unlink(missing_ok=True)
+                removed.append(Path(entry.path))
     total = sum(size for _, size, _ in caches)
     for _, size, path in sorted(caches):  # oldest use first
         if total <= budget:
@@ -169,7 +172,10 @@ def _delete_unless_held(path: Path) -> bool:
     except OSError:
         return False  # a reader holds it (or the filesystem has no flock: keep it)
     else:
-        path.unlink(missing_ok=True)  # while locked: no reader can take it up in between
+        try:
+            path.unlink(missing_ok=True)  # while locked: no reader can take it up in between
+        except OSError:
+            return False
         return True
     finally:
         os.close(fd)
