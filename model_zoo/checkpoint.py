@@ -190,6 +190,17 @@ def _tied_groups(model: nn.Module) -> list[list[str]]:
     return [names for names in by_id.values() if len(names) > 1]
 
 
+def assign_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(state, strict=True, assign=True)`` keeping tied parameters tied.
+
+    The model's tensors become ``state``'s (no copy; a model built on the meta device gets real ones);
+    ``requires_grad`` stays the model's.
+    """
+    groups = _tied_groups(model)
+    model.load_state_dict(state, strict=True, assign=True)
+    _retie(model, groups)
+
+
 def _retie(model: nn.Module, groups: list[list[str]]) -> None:
     # load_state_dict(assign=True) gives every key its own Parameter; restore the sharing.
     for names in groups:

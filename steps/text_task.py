@@ -161,6 +161,11 @@ class TextTask:
         model.train()
         return model
 
+    def build_model_for_weights(self, precision: str):
+        # A real (randomly initialised) model: Hugging Face models keep non-persistent buffers (rotary
+        # frequencies) that a state dict does not restore, so a meta-device build would leave them empty.
+        return self.build_model(precision, load_weights=False)
+
     def shard_units(self, model):
         """The decoder blocks: children of the outermost ModuleLists (``model.layers``, ``transformer.h``)."""
         import torch

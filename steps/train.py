@@ -494,8 +494,10 @@ class Trainer:
             }
         if not self.ctx.is_main:
             return None, None
-        model = self.task.build_model(self.precision, load_weights=False)
-        model.load_state_dict(full, strict=True)
+        from model_zoo.checkpoint import assign_state_dict
+
+        model = self.task.build_model_for_weights(self.precision)
+        assign_state_dict(model, full)  # the gathered tensors, not a second copy
         return model, ema
 
     def cleanup(self, failed: bool = False) -> None:

@@ -6,6 +6,8 @@ validation, MLflow). A task supplies the rest:
 
 - ``check_inputs()``: validate the config's inputs before anything expensive (errors name the field);
 - ``build_model(precision, load_weights=True)`` -> ``nn.Module`` (pretrained weights, LoRA applied);
+- ``build_model_for_weights(precision)``: the same architecture, cheapest to fill with a full state dict
+  (``load_state_dict(..., assign=True)``; the FSDP export on rank 0);
 - ``shard_units(model)``: the blocks FSDP2 shards one by one before the root;
 - ``build_loaders(ctx, start_position, pin_memory)`` -> ``steps.data_loader.Loaders`` whose train
   loader resumes at a global stream position;
@@ -46,6 +48,13 @@ class VLATask:
 
     def build_model(self, precision: str, *, load_weights: bool = True):
         return train_setup.build_model(self.cfg, self.ct, precision, load_weights=load_weights)
+
+    def build_model_for_weights(self, precision: str):
+        # On the meta device: no random init of weights about to be replaced (the model has no buffers).
+        import torch
+
+        with torch.device("meta"):
+            return self.build_model(precision, load_weights=False)
 
     def shard_units(self, model):
         return model.transformer_blocks()
