@@ -157,7 +157,10 @@ class Trainer:
         # 4. Model: same init on every rank (seed without rank), pretrained weights, LoRA.
         torch.manual_seed(cfg.seed)
         self.model = self.task.build_model(precision)
-        self.model.to(self.device)
+        if not self.fsdp:
+            self.model.to(self.device)
+        # FSDP2's fully_shard moves each unit's parameters to the mesh's device as it shards them, so only
+        # one block at a time is whole on the GPU (moving the model first would put all of it on every GPU).
         # 5. Wrap: FSDP2 shards in place (blocks, then root); DDP wraps. Optimizer after wrapping.
         self.wrapped = self._parallelize(self.model)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
