@@ -16,6 +16,7 @@ from model_zoo.checkpoint import (
     EXPERT_LM_HEAD_KEY,
     VLM_LM_HEAD_KEY,
     CheckpointError,
+    assign_state_dict,
     load_model,
     load_pretrained,
     plan_load,
@@ -224,6 +225,22 @@ def test_meta_device_model_loads_and_reties(tmp_path, pi05_model):
     assert not any(p.is_meta for p in target.parameters())
     pg = target.paligemma_with_expert.paligemma
     assert pg.lm_head.weight is pg.model.language_model.embed_tokens.weight
+    batch = make_batch(pi05_model.config)
+    for want, got in zip(outputs(pi05_model, batch), outputs(target.eval(), batch), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_assign_state_dict_takes_the_tensors_and_keeps_ties(pi05_model):
+    state = {k: v.clone() for k, v in pi05_model.state_dict().items()}
+    with torch.device("meta"):
+        target = Pi0Model(pi05_model.config)
+    assign_state_dict(target, state)
+    assert not any(p.is_meta for p in target.parameters())
+    pg = target.paligemma_with_expert.paligemma
+    assert pg.lm_head.weight is pg.model.language_model.embed_tokens.weight  # one Parameter again
+    assert pg.lm_head.weight.data_ptr() == state[EMBED_KEY].data_ptr()  # the given tensor, not a copy
+    trainable = [p.requires_grad for p in pi05_model.parameters()]
+    assert [p.requires_grad for p in target.parameters()] == trainable
     batch = make_batch(pi05_model.config)
     for want, got in zip(outputs(pi05_model, batch), outputs(target.eval(), batch), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
