@@ -44,8 +44,7 @@ class Dim:
     """One delta dim of one block, as the step's classifier sees it (raw arrays for the variants)."""
 
     def __init__(self, block: Block, dim: int, edges: list[tuple[float, float]]):
-        block.view("actions", dim)  # builds the float32 columns and each chunk's bounds
-        self.rows = block.view("actions", dim).rows
+        self.rows = block.view("actions", dim).rows  # also builds the float32 columns read below
         self.padded32, self.first = block._padded32[dim], block._padding()[1]
         self.state32 = block.state[:, dim].astype(np.float32)
         self.column, self.state = block.padded_actions[:, dim], block.state[:, dim]

@@ -53,12 +53,18 @@ WORK_KEYS = ("start.validate", "fetch_data", "compute_norm_stats", "train.torchr
 MLFLOW_KEYS = ("start.mlflow", "register")
 
 
-def one_run(work: Path, cache: Path, nodes: int) -> dict:
+def metaflow_env(work: Path) -> dict:
+    """This environment with a local Metaflow datastore and metadata of its own under ``work``."""
     env = dict(os.environ)
-    env.pop("MLFLOW_RUN_ID", None)
     env.update(USERNAME="dev", METAFLOW_HOME=str(work / "mfhome"), METAFLOW_DATASTORE_SYSROOT_LOCAL=str(work / "mfds"),
-               METAFLOW_DEFAULT_DATASTORE="local", METAFLOW_DEFAULT_METADATA="local",
-               MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}", VLA_SFT_CACHE=str(cache))  # fmt: skip
+               METAFLOW_DEFAULT_DATASTORE="local", METAFLOW_DEFAULT_METADATA="local")  # fmt: skip
+    return env
+
+
+def one_run(work: Path, cache: Path, nodes: int) -> dict:
+    env = metaflow_env(work)
+    env.pop("MLFLOW_RUN_ID", None)
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}", VLA_SFT_CACHE=str(cache))
     cmd = [
         sys.executable,
         str(FLOW),

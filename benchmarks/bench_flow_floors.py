@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_demo_flow import metaflow_env, one_run  # noqa: E402
 
 # The demo's DAG and decorators (flows/sft_flow.py), with steps that do nothing.
 EMPTY_FLOW = """
@@ -103,19 +104,12 @@ print("PROBE", t1 - t0, time.perf_counter() - t0)
 """
 
 
-def _metaflow_env(work: Path) -> dict:
-    env = dict(os.environ)
-    env.update(USERNAME="dev", METAFLOW_HOME=str(work / "mfhome"), METAFLOW_DATASTORE_SYSROOT_LOCAL=str(work / "mfds"),
-               METAFLOW_DEFAULT_DATASTORE="local", METAFLOW_DEFAULT_METADATA="local")  # fmt: skip
-    return env
-
-
 def empty_flow_seconds(tmp: Path) -> float:
     work = Path(tempfile.mkdtemp(dir=tmp))
     flow = work / "empty_sft_flow.py"
     flow.write_text(EMPTY_FLOW.format(repo=str(REPO)))
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(flow), "run"], cwd=work, env=_metaflow_env(work),
+    proc = subprocess.run([sys.executable, str(flow), "run"], cwd=work, env=metaflow_env(work),
                           capture_output=True, text=True)  # fmt: skip
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
@@ -155,8 +149,6 @@ def main() -> None:
             for mode in ("import", "fresh", "existing"):
                 samples[mode].append(mlflow_seconds(Path(tmp), mode))
         if not args.no_demo:
-            from bench_demo_flow import one_run
-
             work = Path(tmp) / "demo"
             work.mkdir()
             demo = one_run(work, work / "cache", nodes=1)
