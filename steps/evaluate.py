@@ -81,8 +81,10 @@ def sim_tasks_for(dataset_root: str | os.PathLike, tasks: Sequence[str] | None) 
 
 
 def _image_resolution(dataset_root: str | os.PathLike, camera_key: str) -> int:
+    from data_adapters.lerobot_format import INFO_PATH
+
     # info.json alone: read_meta would also parse every episode's metadata for this one number.
-    info = json.loads((Path(dataset_root) / "meta" / "info.json").read_text())
+    info = json.loads((Path(dataset_root) / INFO_PATH).read_text())
     return int(info["features"][camera_key]["shape"][0])
 
 
