@@ -200,7 +200,10 @@ def test_image_cache_folder_keeps_to_its_budget_least_recently_used_first(datase
     make_frames(root, tmp_path, episodes=[0])
     assert present() == [(0,)]
     monkeypatch.setenv(icc.BUDGET_ENV, "lots")
-    with pytest.raises(ValueError, match=r"VLA_SFT_IMAGE_CACHE_GB='lots': expected a number of GB"):
+    with pytest.raises(ValueError, match=r"VLA_SFT_IMAGE_CACHE_GB='lots': expected a number of GB$"):
+        make_frames(root, tmp_path, episodes=[0])
+    monkeypatch.setenv(icc.BUDGET_ENV, "-1")
+    with pytest.raises(ValueError, match=r"VLA_SFT_IMAGE_CACHE_GB='-1': expected a number of GB >= 0"):
         make_frames(root, tmp_path, episodes=[0])
 
 
