@@ -344,10 +344,9 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(REPO))
-    lerobot_python = args.lerobot_python or str(
-        Path(os.environ.get("VLA_SFT_LEROBOT_VENV", Path.home() / ".cache/vla-sft/lerobot-venv"))
-        / "bin/python"
-    )
+    from benchmarks.lerobot_venv import lerobot_python as find_lerobot_python
+
+    lerobot_python = find_lerobot_python(args.lerobot_python)
     cache_dir = args.cache_dir or args.out_dir / "image_cache"
     results = {"load_avg_before": os.getloadavg(), "rows": []}
     for storage in ("image", "video"):
