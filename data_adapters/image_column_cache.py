@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_adapters.cache_root import default_cache_root
 from data_adapters.lerobot_format import DatasetFormatError, DatasetMeta, EpisodeMeta
 
 _FORMAT_VERSION = 1
@@ -51,8 +52,7 @@ _STALE_TMP_S = 24 * 3600  # a writer's temporary file this old belongs to a proc
 
 def default_cache_dir() -> Path:
     """``$VLA_SFT_CACHE/image_columns`` or ``~/.cache/vla-sft/image_columns`` (the flow's cache root)."""
-    base = os.environ.get("VLA_SFT_CACHE") or Path.home() / ".cache" / "vla-sft"
-    return Path(base) / "image_columns"
+    return default_cache_root() / "image_columns"
 
 
 class ImageColumnCache:

@@ -21,7 +21,9 @@ from data_adapters.config_types import MODEL_ACTION_DIM, feature_dims, validate_
 
 
 def load_info(root: Path) -> dict[str, Any]:
-    path = root / "meta" / "info.json"
+    from data_adapters.lerobot_format import INFO_PATH  # lazily: pyarrow is not needed here
+
+    path = root / INFO_PATH
     if not path.is_file():
         raise ValueError(f"{root} is not a LeRobot dataset: {path} does not exist")
     info = json.loads(path.read_text())

@@ -16,10 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-
-def default_cache_root() -> Path:
-    """``$VLA_SFT_CACHE`` or ``~/.cache/vla-sft`` (the same root the flow uses)."""
-    return Path(os.environ.get("VLA_SFT_CACHE") or Path.home() / ".cache" / "vla-sft")
+from data_adapters.cache_root import default_cache_root
 
 
 def cache_dir_for(kind: str, cache_dir: str | os.PathLike | None = None) -> Path:

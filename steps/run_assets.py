@@ -95,9 +95,10 @@ def shipped_demo_dataset(cfg) -> Path | None:
     if cfg.simulator != "metaworld":
         return None
     from data_adapters.config_types import validate_against_dataset
+    from data_adapters.lerobot_format import INFO_PATH
     from steps.metaworld_data import DEMO_DATASET
 
-    info = DEMO_DATASET / "meta" / "info.json"
+    info = DEMO_DATASET / INFO_PATH
     if not info.is_file():
         return None
     try:
@@ -109,6 +110,7 @@ def shipped_demo_dataset(cfg) -> Path | None:
 
 def synthetic_demo_dataset(cfg, cache_dir: str | os.PathLike | None = None) -> Path:
     """The cached synthetic demo dataset for config type ``cfg`` (generated on first use)."""
+    from data_adapters.lerobot_format import INFO_PATH
     from data_adapters.synthetic import make_synthetic_dataset
 
     shape = {
@@ -120,7 +122,7 @@ def synthetic_demo_dataset(cfg, cache_dir: str | os.PathLike | None = None) -> P
     }
     key = hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()[:12]
     root = Path(cache_dir or default_cache_dir()) / "demo_datasets" / f"{cfg.name}-{key}"
-    if (root / "meta" / "info.json").is_file():
+    if (root / INFO_PATH).is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))

@@ -64,9 +64,11 @@ def prepare_node_inputs(
 
 def node_dataset_root(plan: dict, fetched: dict) -> str:
     """The dataset on this machine: fetch_data's folder when it is here, else fetched again by id."""
+    from data_adapters.lerobot_format import INFO_PATH
+
     if plan.get("kind") == "text":  # a local file or a Hub id; the text task loads either itself
         return fetched["path"]
-    if (Path(fetched["path"]) / "meta" / "info.json").is_file():
+    if (Path(fetched["path"]) / INFO_PATH).is_file():
         return fetched["path"]
     return _refetch(plan, fetched)
 

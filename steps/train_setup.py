@@ -67,10 +67,11 @@ def default_export_dir(cfg: TrainConfig) -> str:
 def check_inputs(cfg: TrainConfig, ct):
     """Dataset schema, norm stats dims and tokenizer, checked before the model is built."""
     from data_adapters.config_types import validate_against_dataset
+    from data_adapters.lerobot_format import INFO_PATH
     from data_adapters.normalization import NormStats
     from data_adapters.tokenizer import PromptTokenizer
 
-    info_path = Path(cfg.dataset_root) / "meta" / "info.json"
+    info_path = Path(cfg.dataset_root) / INFO_PATH
     if not info_path.is_file():
         raise ValueError(f"dataset_root: {cfg.dataset_root} is not a LeRobot dataset (no meta/info.json)")
     try:

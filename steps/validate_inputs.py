@@ -104,10 +104,11 @@ def classify_dataset(dataset: str) -> str:
 def check_local_dataset(path: Path, config_type) -> None:
     """The folder exists, is a LeRobot dataset, and has the keys and dims of the config type."""
     from data_adapters.config_types import validate_against_dataset
+    from data_adapters.lerobot_format import INFO_PATH
 
     if not path.exists():
         raise InputError(f"--dataset: local path {path} does not exist")
-    info = path / "meta" / "info.json"
+    info = path / INFO_PATH
     if not info.is_file():
         raise InputError(f"--dataset: {path} is not a LeRobot dataset (no meta/info.json)")
     try:
