@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from data_adapters.lerobot_features import ARROW_TYPES, check_features, checked_value, hf_features
 from data_adapters.lerobot_format import (
     CAMERA_DTYPES,
     DEFAULT_FEATURES,
@@ -56,19 +57,9 @@ from data_adapters.lerobot_format import (
     V3_VIDEO_PATH,
     V21_EPISODES_STATS_PATH,
 )
+from data_adapters.lerobot_stats import feature_stats, merge_pixel_stats, pixel_stats, stats_to_json
 from data_adapters.video import VIDEO_CODECS, VideoEncoder
 
-_ARROW_TYPES = {
-    "float32": pa.float32(),
-    "float64": pa.float64(),
-    "int64": pa.int64(),
-    "int32": pa.int32(),
-    "int16": pa.int16(),
-    "int8": pa.int8(),
-    "uint8": pa.uint8(),
-    "bool": pa.bool_(),
-}
-_QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 _MB = 1024 * 1024
 
 
@@ -126,7 +117,7 @@ class LeRobotWriter:
         self.chunks_size = chunks_size
         self.data_file_bytes, self.video_file_bytes = data_file_size_mb * _MB, video_file_size_mb * _MB
         self.png_compress_level, self.gop, self.crf = png_compress_level, gop, crf
-        self.user_features = _check_features(features)
+        self.user_features = check_features(features)
         self.features = {**self.user_features, **{k: dict(v) for k, v in DEFAULT_FEATURES.items()}}
         self.video_keys = [k for k, ft in self.features.items() if ft["dtype"] == "video"]
         self.image_keys = [k for k, ft in self.features.items() if ft["dtype"] == "image"]
@@ -159,7 +150,7 @@ class LeRobotWriter:
                 f"add_frame: frame keys do not match the features (missing {missing}, unknown {unknown}); "
                 f"features: {sorted(self.user_features)}"
             )
-        values = {key: _checked_value(key, self.user_features[key], frame[key]) for key in self.user_features}
+        values = {key: checked_value(key, self.user_features[key], frame[key]) for key in self.user_features}
         index_in_episode = self._buffer["size"]
         for key, value in values.items():
             dtype = self.user_features[key]["dtype"]
@@ -192,9 +183,9 @@ class LeRobotWriter:
             index=np.arange(start, start + length, dtype=np.int64)[:, None],
             task_index=np.array([self._tasks[t] for t in self._buffer["task"]], dtype=np.int64)[:, None],
         )
-        stats = {key: _stats(columns[key]) for key in columns}
+        stats = {key: feature_stats(columns[key]) for key in columns}
         for key, pixels in self._buffer["pixels"].items():
-            stats[key] = _pixel_stats(np.concatenate(pixels))
+            stats[key] = pixel_stats(np.concatenate(pixels))
             self._camera_stats[key].append(stats[key])
         for key, array in columns.items():
             self._columns[key].append(array)
@@ -278,14 +269,14 @@ class LeRobotWriter:
                     [pa.array(blobs, pa.binary()), pa.array(paths, pa.string())], names=["bytes", "path"]
                 )
             else:
-                values, arrow_type = columns[key], _ARROW_TYPES[ft["dtype"]]
+                values, arrow_type = columns[key], ARROW_TYPES[ft["dtype"]]
                 flat = pa.array(values.reshape(-1), type=arrow_type)
                 array = (
                     flat if ft["shape"] == [1] else pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
                 )
             arrays.append(array)
             fields.append(pa.field(key, array.type))
-        metadata = {"huggingface": json.dumps({"info": {"features": _hf_features(self.features)}})}
+        metadata = {"huggingface": json.dumps({"info": {"features": hf_features(self.features)}})}
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
 
     def _write_data(self, table: pa.Table, episode_index: int) -> dict:
@@ -385,12 +376,12 @@ class LeRobotWriter:
                 _write_jsonl(
                     self.work / V21_EPISODES_STATS_PATH,
                     [
-                        {"episode_index": ep["episode_index"], "stats": _jsonable(ep["stats"])}
+                        {"episode_index": ep["episode_index"], "stats": stats_to_json(ep["stats"])}
                         for ep in self._episodes
                     ],
                 )
         if self.version != "v2.1":  # v2.1 moved dataset statistics to episodes_stats.jsonl
-            (self.work / STATS_PATH).write_text(json.dumps(_jsonable(self._dataset_stats()), indent=4))
+            (self.work / STATS_PATH).write_text(json.dumps(stats_to_json(self._dataset_stats()), indent=4))
 
     def _info(self) -> dict:
         features = {}
@@ -441,9 +432,9 @@ class LeRobotWriter:
         return info
 
     def _dataset_stats(self) -> dict:
-        stats = {key: _stats(np.concatenate(parts)) for key, parts in self._columns.items()}
+        stats = {key: feature_stats(np.concatenate(parts)) for key, parts in self._columns.items()}
         for key, per_episode in self._camera_stats.items():
-            stats[key] = _merge_pixel_stats(per_episode)
+            stats[key] = merge_pixel_stats(per_episode)
         return stats
 
 
@@ -463,119 +454,12 @@ class _FileCursor:
         self.bytes = 0
 
 
-def _check_features(features: dict) -> dict:
-    if not features:
-        raise ValueError("LeRobotWriter: features is empty")
-    out = {}
-    for key, ft in features.items():
-        if key in DEFAULT_FEATURES:
-            raise ValueError(
-                f"LeRobotWriter: feature {key!r} is written automatically; remove it from features"
-            )
-        if "/" in key:
-            raise ValueError(f"LeRobotWriter: feature name {key!r} must not contain '/'")
-        dtype, shape = ft.get("dtype"), [int(s) for s in ft.get("shape") or ()]
-        if dtype in CAMERA_DTYPES:
-            if len(shape) != 3 or shape[2] != 3:
-                raise ValueError(f"LeRobotWriter: camera feature {key!r} needs shape (H, W, 3), got {shape}")
-        elif dtype in _ARROW_TYPES:
-            if len(shape) != 1 or shape[0] < 1:
-                raise ValueError(f"LeRobotWriter: numeric feature {key!r} needs a 1-D shape, got {shape}")
-        else:
-            raise ValueError(
-                f"LeRobotWriter: feature {key!r} has dtype {dtype!r}; use one of "
-                f"{sorted(_ARROW_TYPES) + list(CAMERA_DTYPES)}"
-            )
-        out[key] = {"dtype": dtype, "shape": shape, "names": ft.get("names")}
-    return out
-
-
-def _checked_value(key: str, ft: dict, value) -> np.ndarray:
-    if ft["dtype"] in CAMERA_DTYPES:
-        array = np.asarray(value)
-        if array.dtype != np.uint8 or list(array.shape) != ft["shape"]:
-            raise ValueError(
-                f"add_frame: {key!r} must be uint8 {tuple(ft['shape'])} (H, W, 3), got {array.dtype} {array.shape}"
-            )
-        return array
-    array = np.asarray(value, dtype=np.dtype(ft["dtype"])).reshape(-1)
-    if list(array.shape) != ft["shape"]:
-        raise ValueError(f"add_frame: {key!r} must have shape {tuple(ft['shape'])}, got {np.shape(value)}")
-    return array
-
-
 def _png(image: np.ndarray, level: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", compress_level=level)
     return buffer.getvalue()
 
 
-def _stats(values: np.ndarray) -> dict[str, np.ndarray]:
-    """min/max/mean/std/count and exact quantiles per dim of ``[N, d]`` values."""
-    x = values.astype(np.float64)
-    with np.errstate(invalid="ignore"):  # NaN in the data gives NaN stats; the reader reports the NaN itself
-        return _stats_of(x)
-
-
-def _stats_of(x: np.ndarray) -> dict[str, np.ndarray]:
-    out = {
-        "min": x.min(axis=0),
-        "max": x.max(axis=0),
-        "mean": x.mean(axis=0),
-        "std": x.std(axis=0),
-        "count": np.array([len(x)], dtype=np.int64),
-    }
-    out.update({name: np.quantile(x, q, axis=0) for name, q in _QUANTILES.items()})
-    return out
-
-
-def _pixel_stats(pixels: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-channel stats of ``[N, 3]`` uint8 pixels, scaled to [0, 1], shaped ``[3, 1, 1]`` as LeRobot's."""
-    stats = _stats(pixels / 255.0)
-    return {k: v if k == "count" else v.reshape(3, 1, 1) for k, v in stats.items()}
-
-
-def _merge_pixel_stats(per_episode: list[dict]) -> dict[str, np.ndarray]:
-    counts = np.array([s["count"][0] for s in per_episode], dtype=np.float64)
-    weights = counts / counts.sum()
-    mean = sum(w * s["mean"] for w, s in zip(weights, per_episode))
-    second = sum(w * (s["std"] ** 2 + s["mean"] ** 2) for w, s in zip(weights, per_episode))
-    out = {
-        "min": np.min([s["min"] for s in per_episode], axis=0),
-        "max": np.max([s["max"] for s in per_episode], axis=0),
-        "mean": mean,
-        "std": np.sqrt(np.maximum(second - mean**2, 0.0)),
-        "count": np.array([int(counts.sum())], dtype=np.int64),
-    }
-    out.update({name: sum(w * s[name] for w, s in zip(weights, per_episode)) for name in _QUANTILES})
-    return out
-
-
-def _jsonable(stats: dict) -> dict:
-    return {
-        key: {name: np.asarray(v).tolist() for name, v in values.items()} for key, values in stats.items()
-    }
-
-
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
-def _hf_features(features: dict) -> dict:
-    """The ``datasets`` feature description LeRobot stores in parquet schema metadata."""
-    out = {}
-    for key, ft in features.items():
-        if ft["dtype"] == "video":
-            continue
-        if ft["dtype"] == "image":
-            out[key] = {"_type": "Image"}
-        elif ft["shape"] == [1]:
-            out[key] = {"dtype": ft["dtype"], "_type": "Value"}
-        else:
-            out[key] = {
-                "feature": {"dtype": ft["dtype"], "_type": "Value"},
-                "length": ft["shape"][0],
-                "_type": "List",
-            }
-    return out
