@@ -269,7 +269,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--subsample", type=int, default=5_000, help="items timed for (b-ours), per repeat")
     parser.add_argument("--lerobot-subsample", type=int, default=2_000,
-                        help="items timed for (b) on LeRobot, per repeat (~20x slower per item)")  # fmt: skip
+                        help="items timed for (b) on LeRobot, per repeat (far slower per item)")  # fmt: skip
     parser.add_argument("--lerobot-python", default=None, help="default: the LeRobot venv's python")
     args = parser.parse_args()
     root = Path(args.data_dir) / f"norm_stats_numeric_{args.frames}"
