@@ -73,7 +73,7 @@ def check_inputs(cfg: TrainConfig, ct):
 
     info_path = Path(cfg.dataset_root) / INFO_PATH
     if not info_path.is_file():
-        raise ValueError(f"dataset_root: {cfg.dataset_root} is not a LeRobot dataset (no meta/info.json)")
+        raise ValueError(f"dataset_root: {cfg.dataset_root} is not a LeRobot dataset (no {INFO_PATH})")
     try:
         validate_against_dataset(ct, json.loads(info_path.read_text()))
     except ValueError as exc:

@@ -110,7 +110,7 @@ def check_local_dataset(path: Path, config_type) -> None:
         raise InputError(f"--dataset: local path {path} does not exist")
     info = path / INFO_PATH
     if not info.is_file():
-        raise InputError(f"--dataset: {path} is not a LeRobot dataset (no meta/info.json)")
+        raise InputError(f"--dataset: {path} is not a LeRobot dataset (no {INFO_PATH})")
     try:
         validate_against_dataset(config_type, json.loads(info.read_text()))
     except (ValueError, KeyError) as exc:

@@ -113,6 +113,17 @@ def test_validate_run_inputs_rejects_bad_values(kwargs, match, tmp_path):
         validate_run_inputs(**args)
 
 
+def test_validate_run_inputs_rejects_a_folder_that_is_not_a_lerobot_dataset(tmp_path):
+    folder = tmp_path / "not_lerobot"
+    folder.mkdir()
+    with pytest.raises(
+        InputError, match=rf"^--dataset: {folder} is not a LeRobot dataset \(no meta/info.json\)$"
+    ):
+        validate_run_inputs(
+            config_type="pi05_metaworld", dataset=str(folder), tracking_uri=f"sqlite:///{tmp_path}/m.db"
+        )
+
+
 def test_validate_run_inputs_rejects_dataset_of_another_schema(tmp_path):
     from data_adapters.config_types import get_config_type
     from data_adapters.synthetic import make_synthetic_dataset

@@ -327,6 +327,17 @@ def test_norm_stats_of_other_dims_are_refused_before_training(assets, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_dataset_root_that_is_not_a_lerobot_dataset_is_refused_before_training(assets, tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    cfg = _config(assets, tmp_path / "x", dataset_root=str(folder))
+    with pytest.raises(
+        ValueError, match=rf"^dataset_root: {folder} is not a LeRobot dataset \(no meta/info.json\)$"
+    ):
+        main(cfg)
+    assert not (tmp_path / "x").exists()
+
+
 def test_checkpoint_of_another_model_is_refused(assets, reference, tmp_path):
     # The reference checkpoints are full fine-tuning; resuming them as LoRA must fail before training.
     cfg = dataclasses.replace(reference["cfg"], lora=LoraConfig(rank=4), metrics_file=None)
