@@ -2,7 +2,7 @@
 
     python benchmarks/bench_chunk_classification.py [--blocks 20] [--repeats 5]
 
-The second pass of the statistics step (``steps.rank_brackets._add_by_rows``) dominates its run time: for
+The second pass of the statistics step (``steps.stats.order_statistics._add_by_rows``) dominates its run time: for
 each delta dim and each of the 5 quantile brackets it settles whole chunks by their exact float32
 [min, max] and expands only the chunks a bracket edge cuts (gather the window, subtract the state,
 compare, keep the values inside). This script times that kernel against the variants tried to make it
@@ -34,8 +34,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from steps.chunk_blocks import Block, blocks, window_min_max  # noqa: E402
-from steps.rank_brackets import Bracket, DimAccumulator, _add_by_rows, sample_brackets  # noqa: E402
+from steps.stats.chunk_blocks import Block, blocks, window_min_max  # noqa: E402
+from steps.stats.order_statistics import Bracket, DimAccumulator, _add_by_rows, sample_brackets  # noqa: E402
 
 SAMPLE = 1 << 19  # the step's default sample per group
 
@@ -199,7 +199,7 @@ def numba_variant():
 
 
 VARIANTS = {
-    "ours (steps.rank_brackets._add_by_rows)": ours,
+    "ours (steps.stats.order_statistics._add_by_rows)": ours,
     "thresholds": thresholds,
     "segments 25+25": lambda d: segments(d, (0, 25, 50)),
     "segments 10+40": lambda d: segments(d, (0, 10, 50)),
@@ -210,7 +210,7 @@ VARIANTS = {
 def load_dims(root: Path, n_blocks: int) -> list[Dim]:
     from data_adapters.config_types import get_config_type
     from data_adapters.lerobot_format import read_meta
-    from steps.numeric_columns import episode_source
+    from steps.stats.numeric_columns import episode_source
 
     cfg = get_config_type("pi0_libero")
     meta = read_meta(root)

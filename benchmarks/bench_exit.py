@@ -5,7 +5,7 @@
 Each measurement is a fresh ``python -c`` child that imports torch, peft and mlflow (what a training
 worker or a Metaflow task of the flow holds), prints a timestamp as its last statement and exits; the
 time from that print to the child's end is its exit cost. ``freeze`` registers ``atexit.register(
-gc.freeze)`` first, as ``flows/sft_flow.py`` and ``steps/train.py`` do. The two variants alternate.
+gc.freeze)`` first, as ``flows/sft_flow.py`` and ``steps/train/trainer.py`` do. The two variants alternate.
 """
 
 from __future__ import annotations

@@ -24,12 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.policy_hel
 
 import numpy as np
 
-from steps.metaworld_env import configure_headless_gl
+from steps.sim.metaworld.env import configure_headless_gl
 
 configure_headless_gl()
 
-from steps import metaworld_data, sim_eval  # noqa: E402
-from steps.metaworld_env import MetaworldEnv  # noqa: E402
+from steps.evaluate import closed_loop as sim_eval  # noqa: E402
+from steps.sim.metaworld import demonstrations as metaworld_data  # noqa: E402
+from steps.sim.metaworld.env import MetaworldEnv  # noqa: E402
 
 
 class TrivialImagePolicy:

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_model_build.py [--variant real] [--rounds 2] [--data_dir /tmp/vla-sft-bench]
 
-Training from a checkpoint (``steps.train_setup.build_model`` with ``pretrained``) replaces every tensor,
+Training from a checkpoint (``steps.train.setup.build_model`` with ``pretrained``) replaces every tensor,
 so a random initialisation first is wasted work. This times, in fresh processes, both ways of getting a
 pi0.5 model of ``--variant`` (bf16) holding a checkpoint's weights:
 - ``random init + load``: ``Pi0Model(config)`` (random init on CPU), then ``load_pretrained`` copies the

@@ -7,7 +7,7 @@ Data: a numeric-only LeRobot v3.0 dataset written with our LeRobotWriter (state 
 episodes of 100-220 frames, smooth random walks), config type pi0_libero (horizon 50, delta actions on
 6 dims). Generated once into --data_dir and reused. All episodes are used (N = --frames).
 
-(a) this step: ``steps.norm_stats.compute_norm_stats`` (exact quantiles), without and with the cache.
+(a) this step: ``steps.stats.norm_stats.compute_norm_stats`` (exact quantiles), without and with the cache.
 (b) openpi-style: running statistics (mean, mean of squares, min/max, 5000-bin histograms re-binned as
     the range grows, as openpi's ``RunningStats``) updated per batch of 32 items from a torch DataLoader
     (no workers) over a per-sample pipeline, then the delta transform. Two per-sample pipelines:
@@ -78,7 +78,7 @@ def generate(root: Path, frames: int, seed: int = 0) -> None:
 
 
 def run_step(root: Path) -> dict:
-    from steps.norm_stats import compute_norm_stats
+    from steps.stats.norm_stats import compute_norm_stats
 
     with tempfile.TemporaryDirectory() as cache:
         start, cpu = time.perf_counter(), time.process_time()
@@ -240,7 +240,7 @@ def child(method: str, root: Path, subsample: int) -> None:
 # Modules each child imports before timing (torch only where the method needs it; pandas because
 # pyarrow loads it lazily when a parquet file carries pandas metadata).
 PRELOAD = {
-    "a": "import steps.norm_stats, steps.chunk_stats, steps.fetch_data, data_adapters.lerobot_format",
+    "a": "import steps.stats.norm_stats, steps.stats.chunk_stats, steps.fetch.dataset, data_adapters.lerobot_format",
     "b_lerobot": "import torch, lerobot.datasets.lerobot_dataset",
     "b_ours": "import torch, data_adapters.lerobot_reader",
     "c": "import data_adapters.config_types",

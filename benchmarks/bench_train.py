@@ -1,6 +1,6 @@
 """Training throughput of the tiny model on CPU: 1 process vs 2-process gloo DDP, and data-wait share.
 
-Each configuration is a real ``steps.train`` run (subprocess, torchrun for DDP) on a generated
+Each configuration is a real ``steps.train.trainer`` run (subprocess, torchrun for DDP) on a generated
 pi05_metaworld-schema dataset; per-step times come from the run's metrics file, the first step
 (warm-up, worker start) left out. Prints a Markdown table; ``--append`` adds it to RESULTS.md under
 ``## Training``.
@@ -54,7 +54,7 @@ def make_assets(base: Path, config_type: str) -> dict:
 def run(
     name: str, base: Path, assets: dict, args, *, procs: int, num_workers: int, threads: int | None = None
 ) -> dict:
-    from steps.train_config import TrainConfig
+    from steps.train.config import TrainConfig
 
     out = base / f"run{len(list(base.glob('run*')))}"
     cfg = TrainConfig(

@@ -116,9 +116,10 @@ class SFTFlow(FlowSpec):
     @step
     def start(self):
         """Validate every input in seconds; create or reuse the MLflow run; fix the lineage id."""
-        from steps import train_launch, validate_inputs
-        from steps.evaluate import check_sim_options
-        from steps.run_assets import PALIGEMMA_TOKENIZER_URL, TINY_TOKENIZER, check_tokenizer_spec
+        from steps.config import validate as validate_inputs
+        from steps.evaluate.export_eval import check_sim_options
+        from steps.fetch.run_inputs import PALIGEMMA_TOKENIZER_URL, TINY_TOKENIZER, check_tokenizer_spec
+        from steps.train import launch as train_launch
 
         try:
             with _timed(self, "start.validate"):
@@ -146,8 +147,8 @@ class SFTFlow(FlowSpec):
         self.next(self.fetch_data)
 
     def _start_tracking(self, plan):
-        from steps import tracking
-        from steps.train_launch import checkpoint_dir_for
+        from steps.registry import tracking
+        from steps.train.launch import checkpoint_dir_for
 
         self.lineage_id = tracking.lineage_id_for(current.flow_name, current.run_id, current.origin_run_id)
         self.tracking_uri = plan.tracking_uri
@@ -169,7 +170,7 @@ class SFTFlow(FlowSpec):
     @step
     def fetch_data(self):
         """Download (or locate / generate) the dataset, check its schema, split episodes; get the tokenizer."""
-        from steps.run_assets import fetch_run_dataset, resolve_tokenizer
+        from steps.fetch.run_inputs import fetch_run_dataset, resolve_tokenizer
 
         with _timed(self, "fetch_data"):
             self.fetched = fetch_run_dataset(self.plan).to_dict()
@@ -181,14 +182,14 @@ class SFTFlow(FlowSpec):
     def compute_norm_stats(self):
         """Exact normalization statistics over the training episodes."""
         from data_adapters.config_types import get_config_type
-        from steps.norm_stats import compute_norm_stats
-        from steps.run_assets import default_cache_dir
+        from steps.fetch.run_inputs import default_cache_dir
+        from steps.stats.norm_stats import compute_norm_stats
 
         out = default_cache_dir() / "runs" / self.lineage_id / "norm_stats.json"
         with _timed(self, "compute_norm_stats"):
             # Text: token-length statistics (logged to MLflow) instead of action normalization.
             if self.plan.get("kind") == "text":
-                from steps.text_flow_steps import compute_text_run_stats
+                from steps.text.flow_steps import compute_text_run_stats
 
                 self.norm_stats = compute_text_run_stats(self.plan, self.fetched, out_path=out,
                                                          tracking_uri=self.tracking_uri, run_id=self.mlflow_run_id)  # fmt: skip
@@ -205,9 +206,9 @@ class SFTFlow(FlowSpec):
     @torchrun
     @step
     def train(self):
-        """torchrun steps/train.py on every node; checkpoints under the lineage id, so retries resume."""
-        from steps import train_launch
-        from steps.run_assets import default_cache_dir
+        """torchrun steps/train/trainer.py on every node; checkpoints under the lineage id, so retries resume."""
+        from steps.fetch.run_inputs import default_cache_dir
+        from steps.train import launch as train_launch
 
         node = current.parallel.node_index
         workdir = default_cache_dir() / "runs" / self.lineage_id / f"node{node}"
@@ -227,7 +228,7 @@ class SFTFlow(FlowSpec):
                           PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
         with _timed(self, "train.torchrun"):
             current.torch.run(
-                entrypoint=train_launch.TRAIN_ENTRYPOINT,
+                entrypoint=train_launch.TRAIN_ENTRYPOINT, torchrun_args=dict(train_launch.TORCHRUN_ARGS),
                 entrypoint_args=["--config", str(workdir / "train_config.json"), "--result_json", str(result_path)],
                 nproc_per_node=self.plan["procs_per_node"],
             )  # fmt: skip
@@ -260,14 +261,14 @@ class SFTFlow(FlowSpec):
     def evaluate(self):
         """Held-out metrics (validation loss, action-chunk errors, plots) and, for simulator config types,
         closed-loop success rates of the exported model, through the registered model's inference path."""
-        from steps import train_launch
-        from steps.evaluate import evaluate_export, sim_settings
-        from steps.run_assets import default_cache_dir
+        from steps.evaluate.export_eval import evaluate_export, sim_settings
+        from steps.fetch.run_inputs import default_cache_dir
+        from steps.train import launch as train_launch
 
         workdir = default_cache_dir() / "runs" / self.lineage_id / "evaluate"
         export_dir = train_launch.local_export(self.export_uri, workdir)
         if self.plan.get("kind") == "text":  # causal LM: loss, perplexity, completions table (in MLflow)
-            from steps.text_flow_steps import evaluate_text_run
+            from steps.text.flow_steps import evaluate_text_run
 
             with _timed(self, "evaluate"):
                 result = evaluate_text_run(export_dir, self.plan, self.fetched, tracking_uri=self.tracking_uri,
@@ -300,8 +301,9 @@ class SFTFlow(FlowSpec):
     def register(self):
         """Register the exported model (idempotent per lineage) with lineage tags; alias ``candidate``;
         close the MLflow run (here rather than in ``end``, which then needs no MLflow import)."""
-        from steps import model_logging, register, tracking, train_launch
-        from steps.run_assets import default_cache_dir
+        from steps.fetch.run_inputs import default_cache_dir
+        from steps.registry import model_logging, register, tracking
+        from steps.train import launch as train_launch
 
         export_dir = train_launch.local_export(
             self.export_uri, default_cache_dir() / "runs" / self.lineage_id / "register"
@@ -315,7 +317,7 @@ class SFTFlow(FlowSpec):
             git_commit=tracking.git_commit(_ROOT),
         )  # fmt: skip
         if self.plan.get("kind") == "text":  # causal LM: registered as a pyfunc that generates text
-            from steps.text_flow_steps import register_text_run
+            from steps.text.flow_steps import register_text_run
 
             with _timed(self, "register"):
                 self.model_version = register_text_run(

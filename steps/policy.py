@@ -9,7 +9,7 @@ An observation is a dict in the reader's raw-item format, minus the actions::
     {"images": {dataset camera key: uint8 [h, w, 3]}, "state": float [state_dim], "task": str}
 
 ``Policy.from_export(folder)`` loads the self-contained folder that training exports
-(``steps/export.py``).
+(``steps/train/export.py``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A tiny trained-shape export folder (the layout of steps/export.py), built without training."""
+"""A tiny trained-shape export folder (the layout of steps/train/export.py), built without training."""
 
 from __future__ import annotations
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from steps import checkpoint_store
-from steps import checkpointing as ckpt
-from steps.distributed import init_distributed
-from steps.ema import EMA
-from steps.schedule import LrSchedule, build_scheduler
+from steps.train import checkpoint_store
+from steps.train import checkpoints as ckpt
+from steps.train.distributed import init_distributed
+from steps.train.ema import EMA
+from steps.train.schedule import LrSchedule, build_scheduler
 
 
 def _stage(store, step, val_loss=None):

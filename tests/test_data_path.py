@@ -16,7 +16,7 @@ from data_adapters.lerobot_reader import LeRobotFrames
 from data_adapters.synthetic import make_synthetic_dataset
 from data_adapters.tokenizer import PromptTokenizer, train_tiny_tokenizer
 from data_adapters.transforms import InputTransform, OutputTransform, collate
-from steps.norm_stats import compute_norm_stats
+from steps.stats.norm_stats import compute_norm_stats
 
 LAYOUTS = [("v3.0", "image"), ("v3.0", "video"), ("v2.1", "video"), ("v2.0", "image")]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from steps.evaluate import check_sim_options, evaluate_export, sim_settings, sim_tasks_for
-from steps.metaworld_data import DEMO_DATASET
+from steps.evaluate.export_eval import check_sim_options, evaluate_export, sim_settings, sim_tasks_for
+from steps.sim.metaworld.demonstrations import DEMO_DATASET
 from tests.policy_helpers import make_tiny_export
 
 

@@ -14,7 +14,7 @@ import pytest
 from data_adapters.config_types import get_config_type
 from data_adapters.lerobot_format import fingerprint
 from data_adapters.synthetic import make_synthetic_dataset
-from steps.fetch_data import FetchResult, fetch_dataset
+from steps.fetch.dataset import FetchResult, fetch_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -30,7 +30,7 @@ def metaworld_ds(tmp_path_factory):
 
 def run_cli(args, *, env_extra, cwd):
     env = {**os.environ, "PYTHONPATH": str(REPO), **env_extra}
-    return subprocess.run([sys.executable, "-m", "steps.fetch_data", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "steps.fetch.dataset", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from steps import tracking
-from steps.validate_inputs import InputError, validate_run_inputs
+from steps.config.validate import InputError, validate_run_inputs
+from steps.registry import tracking
 from tests.server_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,7 +227,7 @@ def test_run_per_lineage_is_reused_and_params_are_idempotent(tmp_path):
 def test_register_is_idempotent_and_sets_alias(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from steps import register
+    from steps.registry import register
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run_id, _ = tracking.get_or_create_run(uri, "exp", "SFTFlow-5")
@@ -293,12 +293,12 @@ def test_code_package_ships_project_packages(tmp_path):
     with tarfile.open(tmp_path / "pkg.tgz") as tar:
         names = set(tar.getnames())
         tar.extractall(tmp_path / "unpacked", filter="data")
-    for name in ("sft_flow.py", "steps/train.py", "steps/tracking.py", "model_zoo/pi0.py",
+    for name in ("sft_flow.py", "steps/train/trainer.py", "steps/registry/tracking.py", "model_zoo/pi0.py",
                  "data_adapters/config_types.py", "flows/torchrun_compat.py"):  # fmt: skip
         assert name in names, name
     assert any("metaflow_extensions/torchrun" in n for n in names)
-    probe = ("import steps.train_launch, model_zoo.pi0, data_adapters.transforms, flows.torchrun_compat as t; "
-             "print(steps.train_launch.__file__); print(t.__file__)")  # fmt: skip
+    probe = ("import steps.train.launch, model_zoo.pi0, data_adapters.transforms, flows.torchrun_compat as t; "
+             "print(steps.train.launch.__file__); print(t.__file__)")  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path / "unpacked", env=env, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
@@ -344,7 +344,7 @@ def _mlflow_checks(root: Path, info: dict, *, expect_world_size: int) -> None:
     import numpy as np
 
     from data_adapters.config_types import get_config_type
-    from steps.model_logging import example_input
+    from steps.registry.model_logging import example_input
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     try:
@@ -420,7 +420,7 @@ def test_cluster_config_defaults_and_errors():
 
 
 def test_train_config_from_plan_with_options_and_fault_injection(tmp_path, monkeypatch):
-    from steps import train_launch
+    from steps.train import launch as train_launch
 
     plan = validate_run_inputs(config_type="pi05_metaworld", demo=True, lora=True, lora_rank=8,
                                tracking_uri=f"sqlite:///{tmp_path}/m.db").to_dict()  # fmt: skip
@@ -444,7 +444,7 @@ def test_train_config_from_plan_with_options_and_fault_injection(tmp_path, monke
 
 
 def test_tokenizer_specs(tmp_path):
-    from steps.run_assets import check_tokenizer_spec, resolve_tokenizer
+    from steps.fetch.run_inputs import check_tokenizer_spec, resolve_tokenizer
 
     path = resolve_tokenizer("tiny", cache_dir=tmp_path)
     assert path.is_file() and resolve_tokenizer("tiny", cache_dir=tmp_path) == path  # cached

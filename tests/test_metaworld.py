@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steps.metaworld_env import configure_headless_gl
+from steps.sim.metaworld.env import configure_headless_gl
 
 configure_headless_gl()  # before anything imports mujoco: headless rendering needs EGL or OSMesa
 pytest.importorskip("metaworld")
 
-from steps import metaworld_data, metaworld_tasks, sim_eval  # noqa: E402
-from steps.metaworld_env import MetaworldEnv  # noqa: E402
+from steps.evaluate import closed_loop as sim_eval  # noqa: E402
+from steps.sim.metaworld import demonstrations as metaworld_data  # noqa: E402
+from steps.sim.metaworld import tasks as metaworld_tasks  # noqa: E402
+from steps.sim.metaworld.env import MetaworldEnv  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "metaworld_tasks.json"
 # The scripted expert succeeds on seeds 0..2 of these easy tasks (checked in test_evaluator_expert...).
@@ -115,7 +117,7 @@ def test_rendering_before_triton_import_does_not_crash():
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed")
     script = (
-        "from steps.metaworld_env import MetaworldEnv\n"
+        "from steps.sim.metaworld.env import MetaworldEnv\n"
         f"env = MetaworldEnv('reach-v3', resolution={RES}); env.reset(0); env.render()\n"
         "import triton  # what torch does lazily, e.g. when building a model under a device context\n"
         "env.render(); print('ok')\n"

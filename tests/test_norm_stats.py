@@ -18,14 +18,14 @@ from data_adapters.config_types import get_config_type
 from data_adapters.lerobot_writer import LeRobotWriter
 from data_adapters.normalization import NormStats, normalize, unnormalize
 from data_adapters.synthetic import make_synthetic_dataset
-from steps.chunk_stats import (
+from steps.stats.chunk_stats import (
     QUANTILES,
     Episode,
     chunk_multiplicity,
     compute_chunk_stats,
     numpy_linear_quantile,
 )
-from steps.norm_stats import compute_norm_stats, dim_labels
+from steps.stats.norm_stats import compute_norm_stats, dim_labels
 
 REPO = Path(__file__).resolve().parents[1]
 QS = list(QUANTILES.values())
@@ -315,7 +315,7 @@ def test_nearly_constant_dim_is_floored_and_bounded(tmp_path, mode, caplog):
         ep.actions[:, 6] = 1.0
     episodes[1].actions[7, 6] = 3.0
     root = write_dataset(tmp_path / "ds", cfg, episodes)
-    with caplog.at_level(logging.WARNING, logger="steps.norm_stats"):
+    with caplog.at_level(logging.WARNING, logger="steps.stats.norm_stats"):
         stats = compute_norm_stats(cfg, root, None, cache_dir=tmp_path / "cache", min_scale=1e-3,
                                    max_abs_normalized=5.0)  # fmt: skip
     floored = {(f["block"], f["index"]): f for f in stats.metadata["guards"]["floored"]}
@@ -408,7 +408,7 @@ def test_cli_writes_openpi_layout(tmp_path):
     root = make_synthetic_dataset(tmp_path / "ds", cfg, num_episodes=4, image_size=8)
     out = tmp_path / "norm_stats.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "steps.norm_stats", "--config_type", "pi05_metaworld", "--dataset", str(root),
+    cmd = [sys.executable, "-m", "steps.stats.norm_stats", "--config_type", "pi05_metaworld", "--dataset", str(root),
            "--out", str(out), "--cache_dir", str(tmp_path / "cache"), "--val_fraction", "0.25"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,4 @@
-"""Offline evaluation (steps/offline_eval.py): metrics against a brute-force recomputation, padding,
+"""Offline evaluation (steps/evaluate/offline.py): metrics against a brute-force recomputation, padding,
 determinism, plots and bad input, on a tiny pi0.5 export and a tiny synthetic pi05_metaworld dataset."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from data_adapters.config_types import get_config_type
 from data_adapters.lerobot_reader import LeRobotFrames, read_numeric
 from data_adapters.synthetic import make_synthetic_dataset
 from data_adapters.transforms import collate
-from steps.data_loader import ValSamples
-from steps.offline_eval import action_error_metrics, evaluate_offline, select_frames
+from steps.evaluate.offline import action_error_metrics, evaluate_offline, select_frames
 from steps.policy import Policy
+from steps.train.data_loader import ValSamples
 from tests.policy_helpers import make_tiny_export
 
 # seed 8 gives episode lengths 10, 11, 3, 8: episode 2 is shorter than pi05_metaworld's horizon (5).

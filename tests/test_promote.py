@@ -8,7 +8,7 @@ pytest.importorskip("mlflow")
 
 from mlflow import MlflowClient  # noqa: E402
 
-from steps.promote import Gate, PromotionError, list_versions, main, promote  # noqa: E402
+from steps.registry.promote import Gate, PromotionError, list_versions, main, promote  # noqa: E402
 from tests.mlflow_helpers import mlflow_server  # noqa: E402
 
 NAME = "pi05_demo"

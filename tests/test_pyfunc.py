@@ -11,9 +11,9 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
-from steps.mlflow_pyfunc import decode_image, encode_image  # noqa: E402
-from steps.model_logging import example_input, log_policy_model, policy_signature, write_model_card  # noqa: E402
 from steps.policy import Policy  # noqa: E402
+from steps.registry.model_logging import example_input, log_policy_model, policy_signature, write_model_card  # noqa: E402
+from steps.registry.pyfunc import decode_image, encode_image  # noqa: E402
 from tests.policy_helpers import make_tiny_export  # noqa: E402
 from tests.server_helpers import free_port, local_server  # noqa: E402
 
@@ -113,7 +113,7 @@ def test_explicit_signature_matches_a_real_prediction(registered):
     MLflow infers from the example input and the policy's real output."""
     from mlflow.models import infer_signature
 
-    from steps.mlflow_pyfunc import PolicyModel
+    from steps.registry.pyfunc import PolicyModel
 
     wrapper = PolicyModel()
     wrapper.policy = Policy.from_export(registered["export"], device="cpu")

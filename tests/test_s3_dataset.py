@@ -11,10 +11,10 @@ import pytest
 from data_adapters.config_types import get_config_type
 from data_adapters.lerobot_format import fingerprint
 from data_adapters.synthetic import make_synthetic_dataset
-from steps import s3_dataset
-from steps.fetch_data import fetch_dataset
-from steps.s3_dataset import fetch_s3_dataset
-from steps.validate_inputs import InputError, validate_run_inputs
+from steps.config.validate import InputError, validate_run_inputs
+from steps.fetch import s3 as s3_dataset
+from steps.fetch.dataset import fetch_dataset
+from steps.fetch.s3 import fetch_s3_dataset
 from tests.s3_helpers import upload_folder
 
 
@@ -132,7 +132,7 @@ def test_start_checks_an_s3_dataset_in_seconds(s3_env, bucket, metaworld_ds, tmp
 
 
 def test_a_remote_node_fetches_the_pinned_snapshot_again(s3_env, bucket, metaworld_ds, tmp_path, monkeypatch):
-    from steps.train_launch import node_dataset_root
+    from steps.train.launch import node_dataset_root
 
     upload_folder(s3_env, bucket, "mw", metaworld_ds)
     uri = f"s3://{bucket}/mw"
@@ -150,7 +150,7 @@ def test_a_remote_node_fetches_the_pinned_snapshot_again(s3_env, bucket, metawor
 
 
 def test_export_round_trip_through_s3(s3_env, bucket, tmp_path):
-    from steps.train_launch import local_export, publish_export
+    from steps.train.launch import local_export, publish_export
 
     export = tmp_path / "export"
     (export / "sub").mkdir(parents=True)

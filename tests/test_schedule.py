@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from steps.ema import EMA
-from steps.schedule import LrSchedule, build_scheduler, load_scheduler_state
+from steps.train.ema import EMA
+from steps.train.schedule import LrSchedule, build_scheduler, load_scheduler_state
 
 
 def test_warmup_cosine_landmarks():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from steps.validate_inputs import InputError, validate_run_inputs
+from steps.config.validate import InputError, validate_run_inputs
 from tests.test_flow import FLOW, flow_env, inspect_run, run_flow
 from tests.text_helpers import chat_rows, make_model_folder, write_jsonl, write_text_yaml
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from data_adapters.config_types import get_config_type
-from steps import text_data
-from steps.text_stats import compute_text_stats
-from steps.text_task import TextTask, load_tokenizer
-from steps.train import main
-from steps.train_config import LoraConfig, TrainConfig
+from steps.text import data as text_data
+from steps.text.stats import compute_text_stats
+from steps.text.train_task import TextTask, load_tokenizer
+from steps.train.config import LoraConfig, TrainConfig
+from steps.train.trainer import main
 from tests.text_helpers import (
     chat_rows,
     make_model_folder,
@@ -161,7 +161,7 @@ def test_a_hub_dataset_revision_reaches_every_reader(text_assets, tmp_path, monk
     # An offline Hub cache holding two commits of one dataset: main has 24 rows, the older one 12.
     from huggingface_hub import constants
 
-    from steps.text_flow_steps import fetch_text_dataset
+    from steps.text.flow_steps import fetch_text_dataset
 
     repo = tmp_path / "hub" / "datasets--someone--chat"
     commits = {"a" * 40: 24, "b" * 40: 12}
@@ -181,7 +181,7 @@ def test_a_hub_dataset_revision_reaches_every_reader(text_assets, tmp_path, monk
     for revision in (None, "main"):
         on_main = fetch_text_dataset({**plan, "dataset_revision": revision})
         assert (on_main.num_rows, on_main.revision) == (24, "a" * 40)
-    from steps import train_launch
+    from steps.train import launch as train_launch
 
     text_plan = {**plan, "kind": "text", "dataset_revision": "main"}
     inputs = train_launch.prepare_node_inputs(text_plan, on_main.to_dict(), {}, b"", tmp_path / "node")
@@ -310,10 +310,10 @@ def test_two_processes_match_one(text_assets, reference, tmp_path, parallelism):
 def test_evaluate_and_registered_pyfunc_generates(text_assets, reference, tmp_path):
     import mlflow
 
-    from steps import register
-    from steps.text_eval import evaluate_text_export, log_completions
-    from steps.text_model_logging import save_text_pyfunc
-    from steps.tracking import LINEAGE_TAG
+    from steps.registry import register
+    from steps.registry.tracking import LINEAGE_TAG
+    from steps.text.evaluate import evaluate_text_export, log_completions
+    from steps.text.model_logging import save_text_pyfunc
 
     a, export = text_assets, reference["result"].export_dir
     result = evaluate_text_export(export, str(a["data"]), a["val"], num_completions=2, max_new_tokens=4)

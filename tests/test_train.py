@@ -18,9 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from steps import checkpointing as ckpt
-from steps.train import NonFiniteLossError, main, parse_args
-from steps.train_config import LoraConfig, TrainConfig
+from steps.train import checkpoints as ckpt
+from steps.train.config import LoraConfig, TrainConfig
+from steps.train.trainer import NonFiniteLossError, main, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_TYPE = "pi05_metaworld"  # one camera, horizon 5, state/action 4
@@ -96,9 +96,7 @@ def _losses(metrics_file) -> dict[int, float]:
 
 
 # Runs the CLI with ``import mlflow`` failing: tracking off must not need it (GPU boxes may lack it).
-_NO_MLFLOW = (
-    "import sys; sys.modules['mlflow'] = None; from steps.train import cli; sys.exit(cli(sys.argv[1:]))"
-)
+_NO_MLFLOW = "import sys; sys.modules['mlflow'] = None; from steps.train.trainer import cli; sys.exit(cli(sys.argv[1:]))"
 
 
 def _run_subprocess(cfg: TrainConfig, tmp_path: Path, *extra: str, torchrun_procs: int = 0, timeout=600):
@@ -352,7 +350,7 @@ def test_training_starts_from_exactly_the_pretrained_weights(assets, reference, 
     import hashlib
 
     from data_adapters.config_types import get_config_type
-    from steps import train_setup
+    from steps.train import setup as train_setup
 
     export = reference["result"].export_dir
     digest = hashlib.sha256((Path(export) / "model.safetensors").read_bytes()).hexdigest()
@@ -461,7 +459,7 @@ def test_fsdp_lora_two_processes_resume_matches_single_process(assets, tmp_path)
 def test_metrics_logger_joins_run_and_skips_steps_already_logged(tmp_path, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
-    from steps.metrics_logger import MetricsLogger
+    from steps.train.metrics_logger import MetricsLogger
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking_uri=uri)

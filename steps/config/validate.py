@@ -1,0 +1,334 @@
+"""Everything the flow's ``start`` step can check in seconds, before any heavy work.
+
+``validate_run_inputs`` takes the command-line values as given and returns a ``RunPlan``: the
+resolved choices every later step reads (config type, dataset and where it lives, batch, steps,
+learning rate, LoRA, cluster shape, tracking URI). Each problem raises ``InputError`` with one line
+that names the option and the bad value, so the user fixes it without reading a traceback.
+
+Checked: config type (name or YAML), numeric overrides, LoRA rank, pretrained path, dataset
+(a local folder must exist and match the config type's schema; ``metaworld://`` URIs must parse;
+Hub ids must be cached or exist on the Hub), global batch divisible by the world size, MLflow reachability.
+No torch, no mlflow import: this runs in the first seconds of a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+DEMO_DATASET = "demo://synthetic"  # the --demo default: a small generated dataset in the config type's schema
+# --demo defaults: a few steps of the tiny model, small batches, frequent checkpoints (for resume).
+DEMO_DEFAULTS = {"max_steps": 40, "batch_size": 4, "learning_rate": 1e-3, "eval_samples": 32}
+DEFAULT_EVAL_SAMPLES = 256
+
+
+class InputError(ValueError):
+    """A command-line value that cannot work; the message is one line naming the option."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The validated, resolved choices of one run (stored as a flow artifact, as a dict)."""
+
+    config_type: str  # as given: a built-in name or a YAML path (made absolute)
+    config_type_name: str
+    model_type: str
+    dataset: str  # local path (absolute), Hub id, s3:// or metaworld:// URI, or DEMO_DATASET
+    dataset_kind: str  # "local" | "hub" | "s3" | "metaworld" | "demo"
+    dataset_revision: str | None
+    max_steps: int | None  # None: the config type's preset
+    global_batch: int | None
+    peak_lr: float | None
+    lora_rank: int | None  # None: full fine-tuning
+    pretrained: str | None
+    eval_episodes: int
+    eval_samples: int
+    demo: bool
+    nodes: int
+    procs_per_node: int
+    tracking_uri: str
+    model_variant: str
+    kind: str = "vla"  # "vla" | "text" (the config type's kind)
+    tokenizer: str | None = None  # text: a tokenizer folder / Hub id (None: the model's own)
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.procs_per_node
+
+    @property
+    def finetune(self) -> str:
+        return "full" if self.lora_rank is None else "lora"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _positive(name: str, value: Any, kind=int) -> None:
+    if value is None:
+        return
+    ok = isinstance(value, kind) and not isinstance(value, bool) and value > 0
+    if kind is float:
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value > 0
+        )
+    if not ok:
+        raise InputError(
+            f"--{name}: must be a positive {'number' if kind is float else 'integer'}, got {value!r}"
+        )
+
+
+def classify_dataset(dataset: str) -> str:
+    """'local' | 's3' | 'metaworld' | 'hub' | 'demo' for a --dataset value."""
+    if dataset == DEMO_DATASET:
+        return "demo"
+    if dataset.startswith("s3://"):
+        return "s3"
+    if dataset.startswith("metaworld://"):
+        return "metaworld"
+    if dataset.startswith(("/", "./", "../", "~", "file://")) or Path(dataset).exists():
+        return "local"
+    if _HUB_ID.match(dataset):
+        return "hub"
+    return "local"  # neither a URI nor an org/name id: the user meant a path
+
+
+def check_local_dataset(path: Path, config_type) -> None:
+    """The folder exists, is a LeRobot dataset, and has the keys and dims of the config type."""
+    from data_adapters.config_types import validate_against_dataset
+    from data_adapters.lerobot_format import INFO_PATH
+
+    if not path.exists():
+        raise InputError(f"--dataset: local path {path} does not exist")
+    info = path / INFO_PATH
+    if not info.is_file():
+        raise InputError(f"--dataset: {path} is not a LeRobot dataset (no {INFO_PATH})")
+    try:
+        validate_against_dataset(config_type, json.loads(info.read_text()))
+    except (ValueError, KeyError) as exc:
+        raise InputError(
+            f"--dataset: {path} does not match config type {config_type.name!r}: {exc}"
+        ) from None
+
+
+def check_hub_dataset(repo_id: str, revision: str | None, timeout_s: float = 10.0) -> None:
+    """A Hub dataset is in the local cache, or the Hub answers that it exists (one request, short timeout)."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision, local_files_only=True)
+        return  # cached: no network needed
+    except Exception:  # noqa: BLE001 - not cached (any reason): ask the Hub below
+        pass
+    where = f"Hub dataset {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    if constants.HF_HUB_OFFLINE:
+        raise InputError(f"--dataset: {where} is not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+    try:
+        HfApi().dataset_info(repo_id, revision=revision, timeout=timeout_s)
+    except GatedRepoError:
+        raise InputError(
+            f"--dataset: {where} is gated: accept its terms on the Hub and set HF_TOKEN"
+        ) from None
+    except RevisionNotFoundError:
+        raise InputError(f"--dataset: {where}: the revision does not exist") from None
+    except RepositoryNotFoundError:
+        raise InputError(f"--dataset: {where} does not exist (or is private: set HF_TOKEN)") from None
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types
+        raise InputError(
+            f"--dataset: {where} is not cached and the Hub cannot be reached ({type(exc).__name__}); "
+            "run with network access, or pass a local folder"
+        ) from None
+
+
+def check_s3_dataset(uri: str, ct, check_remote: bool = True, timeout_s: float = 5.0) -> None:
+    """An s3:// dataset: a well-formed URI and, when checking remotely, its meta/info.json read (one
+    request, short timeout, no retries) and checked against the config type's keys and dims."""
+    from data_adapters.config_types import validate_against_dataset
+    from steps.fetch import s3 as s3_dataset
+
+    try:
+        bucket, prefix = s3_dataset.parse_s3_uri(uri)
+        if not check_remote:
+            return
+        client = s3_dataset.s3_client(connect_timeout=timeout_s, attempts=1)
+        key = "/".join(p for p in (prefix, s3_dataset.INFO_KEY) if p)
+        body = s3_dataset.s3_call(uri, client.get_object, Bucket=bucket, Key=key)["Body"].read()
+        validate_against_dataset(ct, json.loads(body))
+    except ValueError as exc:
+        raise InputError(f"--dataset: {_one_line(exc)}") from None
+
+
+def _check_pretrained(pretrained: str | None, demo: bool) -> None:
+    if pretrained is None:
+        return
+    if demo:
+        raise InputError("--pretrained: not used with --demo (the demo trains the tiny model from scratch)")
+    if pretrained.startswith(("/", "./", "../", "~")) or Path(pretrained).exists():
+        if not Path(pretrained).expanduser().exists():
+            raise InputError(f"--pretrained: local path {pretrained} does not exist")
+        return
+    if not _HUB_ID.match(pretrained.split("@")[0]):
+        raise InputError(
+            f"--pretrained: {pretrained!r} is neither an existing path nor a Hub id like org/name"
+        )
+
+
+def validate_run_inputs(
+    *,
+    config_type: str,
+    dataset: str | None = None,
+    dataset_revision: str | None = None,
+    max_steps: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    lora: bool = False,
+    lora_rank: int = 32,
+    pretrained: str | None = None,
+    eval_episodes: int = 2,
+    eval_samples: int | None = None,
+    demo: bool = False,
+    nodes: int = 1,
+    procs_per_node: int = 1,
+    tracking_uri: str | None = None,
+    check_tracking: bool = True,
+    check_remote: bool = True,
+    remote: bool = False,
+    tokenizer: str | None = None,
+) -> RunPlan:
+    """Validate the run's command-line values; return the resolved plan or raise InputError."""
+    from data_adapters.config_types import get_config_type, require_dataset
+    from steps.registry import tracking
+
+    if not config_type:
+        raise InputError("--config_type: required (a built-in name such as pi05_metaworld, or a YAML path)")
+    try:
+        ct = get_config_type(config_type)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"--config_type: {_one_line(exc)}") from None
+    if config_type.lower().endswith((".yaml", ".yml")):
+        config_type = str(Path(config_type).expanduser().resolve())
+    is_text = getattr(ct, "kind", None) == "text"
+
+    _positive("max_steps", max_steps)
+    _positive("batch_size", batch_size)
+    _positive("learning_rate", learning_rate, float)
+    _positive("eval_samples", eval_samples)
+    _positive("nodes", nodes)
+    _positive("procs_per_node", procs_per_node)
+    if lora and (not isinstance(lora_rank, int) or isinstance(lora_rank, bool) or lora_rank < 1):
+        raise InputError(f"--lora_rank: must be an integer >= 1 when --lora is on, got {lora_rank!r}")
+    if not isinstance(eval_episodes, int) or eval_episodes < 0:
+        raise InputError(f"--eval_episodes: must be an integer >= 0, got {eval_episodes!r}")
+    if not is_text:  # text: --pretrained names the base model, with or without --demo
+        _check_pretrained(pretrained, demo)
+
+    if demo:
+        max_steps = max_steps or DEMO_DEFAULTS["max_steps"]
+        batch_size = batch_size or DEMO_DEFAULTS["batch_size"]
+        learning_rate = learning_rate or DEMO_DEFAULTS["learning_rate"]
+        eval_samples = eval_samples or DEMO_DEFAULTS["eval_samples"]
+    world_size = nodes * procs_per_node
+    global_batch = batch_size or ct.train.global_batch
+    if global_batch % world_size:
+        raise InputError(
+            f"--batch_size: global batch {global_batch} is not divisible by the world size {world_size} "
+            f"({nodes} node(s) x {procs_per_node} process(es))"
+        )
+
+    if is_text:
+        from steps.text.flow_steps import check_text_inputs
+
+        try:
+            text = check_text_inputs(ct, dataset=dataset, pretrained=pretrained, tokenizer=tokenizer)
+        except ValueError as exc:
+            raise InputError(_one_line(exc)) from None
+        dataset, kind = text["dataset"], text["dataset_kind"]
+        pretrained, tokenizer = text["model"], text["tokenizer"]
+        if kind == "hub" and check_remote:
+            check_hub_dataset(dataset, dataset_revision)
+    elif dataset is None and demo:
+        dataset, dataset_revision = DEMO_DATASET, None
+    else:
+        try:
+            dataset, dataset_revision = require_dataset(ct, dataset, dataset_revision)
+        except ValueError as exc:
+            raise InputError(f"--dataset: {_one_line(exc)}") from None
+    if not is_text:
+        kind = classify_dataset(dataset)
+    if is_text:
+        pass  # model, dataset and tokenizer checked above
+    elif kind == "local":
+        path = Path(dataset.removeprefix("file://")).expanduser().resolve()
+        check_local_dataset(path, ct)
+        dataset = str(path)
+    elif kind == "metaworld":
+        from steps.sim.metaworld.demonstrations import parse_metaworld_uri
+
+        try:
+            parse_metaworld_uri(dataset)
+        except ValueError as exc:
+            raise InputError(f"--dataset: {_one_line(exc)}") from None
+    elif kind == "hub" and check_remote:
+        check_hub_dataset(dataset, dataset_revision)
+    elif kind == "s3":
+        check_s3_dataset(dataset, ct, check_remote)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    if remote and not uri.startswith(("http://", "https://", "databricks")):
+        raise InputError(
+            f"MLFLOW_TRACKING_URI: {uri} is a file on one machine; remote runs need a tracking server "
+            "(export MLFLOW_TRACKING_URI=http(s)://...)"
+        )
+    if check_tracking:
+        try:
+            tracking.check_reachable(uri)
+        except tracking.TrackingError as exc:
+            raise InputError(f"MLFLOW_TRACKING_URI: {exc}") from None
+
+    return RunPlan(
+        config_type=config_type,
+        config_type_name=ct.name,
+        model_type=ct.model_type,
+        dataset=dataset,
+        dataset_kind=kind,
+        dataset_revision=dataset_revision,
+        max_steps=max_steps,
+        global_batch=global_batch,
+        peak_lr=float(learning_rate) if learning_rate is not None else None,
+        lora_rank=lora_rank if lora else None,
+        pretrained=pretrained,
+        eval_episodes=eval_episodes,
+        eval_samples=eval_samples or DEFAULT_EVAL_SAMPLES,
+        demo=demo,
+        nodes=nodes,
+        procs_per_node=procs_per_node,
+        tracking_uri=uri,
+        # Text: the model is --pretrained or the config type's, also with --demo.
+        model_variant="tiny" if demo and not is_text else "real",
+        kind="text" if is_text else "vla",
+        tokenizer=tokenizer if is_text else None,
+    )
+
+
+def running_remotely(backend: str = "local") -> bool:
+    """True for a Kubernetes / AWS Batch run (by the cluster Config, or by the task's environment)."""
+    import os
+
+    return (
+        backend != "local"
+        or os.environ.get("METAFLOW_RUNTIME_ENVIRONMENT", "local") != "local"
+        or "KUBERNETES_SERVICE_HOST" in os.environ
+        or "AWS_BATCH_JOB_ID" in os.environ
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
