@@ -24,7 +24,6 @@ import json
 import logging
 import os
 from collections import defaultdict
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -35,10 +34,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from model_zoo.files import write_dir_atomically
+from model_zoo.lora_settings import LoraSettings
 
 logger = logging.getLogger(__name__)
 
-PRESETS = ("rlinf", "openpi")
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"  # peft's file names
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 NON_LORA_WEIGHTS_NAME = "non_lora_weights.safetensors"  # fully trainable modules, base key names
@@ -59,35 +58,6 @@ TARGET_REGEX = {
 _EXPERT = "paligemma_with_expert.gemma_expert"
 _VISION = "paligemma_with_expert.paligemma.model.vision_tower"
 _PROJECTOR = "paligemma_with_expert.paligemma.model.multi_modal_projector"
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA hyper-parameters. `alpha` None means alpha = rank (scaling 1, as RLinf and openpi use)."""
-
-    # Adapter rank r (RLinf: 32; openpi: 16 for Gemma-2B, 32 for the expert).
-    rank: int = 32
-    # LoRA scaling numerator: the update is (alpha / rank) * B @ A.
-    alpha: float | None = None
-    # Dropout on the adapter input (0 in RLinf and openpi).
-    dropout: float = 0.0
-    # Which layers get adapters and which stay fully trainable: "rlinf" | "openpi" (module docstring).
-    preset: str = "rlinf"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
-            raise ValueError(f"lora.rank must be a positive integer, got {self.rank!r}")
-        if self.alpha is None:
-            object.__setattr__(self, "alpha", self.rank)
-        elif not self.alpha > 0:
-            raise ValueError(f"lora.alpha must be > 0, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"lora.preset must be one of {PRESETS}, got {self.preset!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def fully_trainable_prefixes(model: nn.Module, preset: str) -> list[str]:

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from data_adapters.config_types import get_config_type
+from model_zoo.lora_settings import LoraSettings
 from steps.text import data as text_data
 from steps.text.stats import compute_text_stats
 from steps.text.train_task import TextTask, load_tokenizer
-from steps.train.config import LoraConfig, TrainConfig
+from steps.train.config import TrainConfig
 from steps.train.trainer import main
 from tests.text_helpers import (
     chat_rows,
@@ -232,7 +233,7 @@ def test_full_finetune_trains_and_exports_a_loadable_model(reference):
 def test_lora_trains_adapters_only_and_exports_merged(text_assets, tmp_path):
     from safetensors.torch import load_file
 
-    cfg = _config(text_assets, tmp_path / "lora", lora=LoraConfig(rank=8, alpha=16), peak_lr=2e-2, max_steps=10,
+    cfg = _config(text_assets, tmp_path / "lora", lora=LoraSettings(rank=8, alpha=16), peak_lr=2e-2, max_steps=10,
                   global_batch=18, micro_batch=9, save_every=5, val_every=5)  # fmt: skip
     result = main(cfg)  # every step sees all 18 training rows (two micro-batches): a steady fall
     # Frozen random base, frozen head: the adapters alone move the loss less than full fine-tuning.

@@ -18,8 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from model_zoo.lora_settings import LoraSettings
 from steps.train import checkpoints as ckpt
-from steps.train.config import LoraConfig, TrainConfig
+from steps.train.config import TrainConfig
 from steps.train.trainer import NonFiniteLossError, main, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,7 +182,7 @@ def test_lora_trains_adapter_only_and_exports_merged(assets, tmp_path):
     from model_zoo.checkpoint import load_model
 
     # Activation checkpointing on as well: recomputation must work with the injected adapters.
-    cfg = _config(assets, tmp_path / "lora", lora=LoraConfig(rank=4), max_steps=2, val_every=1, save_every=2,
+    cfg = _config(assets, tmp_path / "lora", lora=LoraSettings(rank=4), max_steps=2, val_every=1, save_every=2,
                   export_from="best", gradient_checkpointing=True)  # fmt: skip
     result = main(cfg)
     assert result.final_step == 2 and result.best_step in (1, 2)
@@ -338,12 +339,12 @@ def test_dataset_root_that_is_not_a_lerobot_dataset_is_refused_before_training(a
 
 def test_checkpoint_of_another_model_is_refused(assets, reference, tmp_path):
     # The reference checkpoints are full fine-tuning; resuming them as LoRA must fail before training.
-    cfg = dataclasses.replace(reference["cfg"], lora=LoraConfig(rank=4), metrics_file=None)
+    cfg = dataclasses.replace(reference["cfg"], lora=LoraSettings(rank=4), metrics_file=None)
     with pytest.raises(ValueError, match=r"checkpoint_dir: .*different model: lora"):
         main(cfg)
 
 
-@pytest.mark.parametrize("lora", [None, LoraConfig(rank=4)])
+@pytest.mark.parametrize("lora", [None, LoraSettings(rank=4)])
 def test_training_starts_from_exactly_the_pretrained_weights(assets, reference, tmp_path, lora):
     """Built on the meta device and filled by the load (no random init): every tensor is the checkpoint's,
     on CPU, trainable (full) or frozen under adapters (LoRA); then training runs from there."""
@@ -404,7 +405,7 @@ def test_cli_parses_config_file_and_overrides(assets, tmp_path):
     cfg.to_json(tmp_path / "cfg.json")
     parsed, result_json = parse_args(["--config", str(tmp_path / "cfg.json"), "--max_steps", "7", "--lora",
                                       '{"rank": 8}', "--result_json", "r.json", "--checkpoint_dir", "s3://b/p"])  # fmt: skip
-    assert parsed.max_steps == 7 and parsed.lora == LoraConfig(rank=8) and result_json == "r.json"
+    assert parsed.max_steps == 7 and parsed.lora == LoraSettings(rank=8) and result_json == "r.json"
     assert parsed.checkpoint_dir == "s3://b/p"
     assert dataclasses.replace(parsed, max_steps=4, lora=None, checkpoint_dir=cfg.checkpoint_dir) == cfg
     assert TrainConfig.from_json(cfg.to_json()) == cfg
@@ -433,7 +434,7 @@ def test_fsdp_two_processes_resume_matches_single_process(assets, reference, tmp
 def test_fsdp_lora_two_processes_resume_matches_single_process(assets, tmp_path):
     """LoRA under FSDP2 (frozen base weights sharded with the adapters): a resumed 2-process run equals one
     uninterrupted process, and the export is the merged model."""
-    lora = dict(lora=LoraConfig(rank=4), max_steps=4, save_every=2, metrics_file=None)
+    lora = dict(lora=LoraSettings(rank=4), max_steps=4, save_every=2, metrics_file=None)
     single = main(_config(assets, tmp_path / "single", **lora))
     cfg = _config(assets, tmp_path / "fsdp", **{**lora, "metrics_file": str(tmp_path / "fsdp.metrics.jsonl")},
                   parallelism="fsdp")  # fmt: skip

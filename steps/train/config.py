@@ -18,39 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from model_zoo.lora_settings import LoraSettings
+
 MODEL_VARIANTS = ("real", "tiny")
 PARALLELISMS = ("ddp", "fsdp")
 # "auto": bf16 autocast (fp32 master weights) on CUDA, fp32 on CPU.
 PRECISIONS = ("auto", "fp32", "bf16")
 LOSS_REDUCTIONS = ("all_dims", "real_dims")
 EMA_MODES = ("auto", "on", "off")
-LORA_PRESETS = ("rlinf", "openpi")
 EXPORT_FROM = ("last", "best")
 # Preset fields that a TrainConfig may override (None = take the preset).
 PRESET_FIELDS = (
     "peak_lr", "warmup_steps", "decay_steps", "end_lr", "schedule", "global_batch", "max_steps",
     "weight_decay", "grad_clip",
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class LoraConfig:
-    """LoRA settings (mirrors ``model_zoo.lora.LoraSettings``, kept torch-free here)."""
-
-    rank: int = 32
-    alpha: float | None = None  # None -> rank
-    dropout: float = 0.0
-    preset: str = "rlinf"  # which modules get adapters: "rlinf" | "openpi"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.rank, int) or self.rank <= 0:
-            raise ValueError(f"lora.rank: must be a positive integer, got {self.rank!r}")
-        if self.alpha is not None and not self.alpha > 0:
-            raise ValueError(f"lora.alpha: must be > 0 or None, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout: must be in [0, 1), got {self.dropout!r}")
-        if self.preset not in LORA_PRESETS:
-            raise ValueError(f"lora.preset: must be one of {LORA_PRESETS}, got {self.preset!r}")
 
 
 @dataclass(frozen=True)
@@ -79,8 +60,8 @@ class TrainConfig:
     # Pretrained weights: a local folder/file or a Hub id (safetensors only); None = random init.
     pretrained: str | None = None
     pretrained_revision: str | None = None
-    # None = full fine-tuning; a LoraConfig = LoRA (adapters + the modules the preset keeps trainable).
-    lora: LoraConfig | None = None
+    # None = full fine-tuning; LoraSettings = LoRA (adapters + the modules the preset keeps trainable).
+    lora: LoraSettings | None = None
     # --- optimisation (None = the config type's preset) ------------------------------------------
     global_batch: int | None = None
     # Per-rank samples per forward/backward; None = global_batch / world_size (no accumulation).
@@ -137,7 +118,7 @@ class TrainConfig:
             object.__setattr__(self, "train_episodes", tuple(int(e) for e in self.train_episodes))
         object.__setattr__(self, "val_episodes", tuple(int(e) for e in self.val_episodes))
         if isinstance(self.lora, dict):
-            object.__setattr__(self, "lora", LoraConfig(**self.lora))
+            object.__setattr__(self, "lora", LoraSettings.from_dict(self.lora))
         _one_of("model_variant", self.model_variant, MODEL_VARIANTS)
         _one_of("parallelism", self.parallelism, PARALLELISMS)
         _one_of("precision", self.precision, PRECISIONS)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steps.train.config import LoraConfig, TrainConfig
+from model_zoo.lora_settings import LoraSettings
+from steps.train.config import TrainConfig
 
 FAULT_ENV = "VLA_SFT_FAIL_AFTER_STEP"
 # torchrun runs the trainer as a module (`python -m steps.train`), so its package folder never lands on
@@ -120,7 +121,7 @@ def build_train_config(
         "val_episodes": val_episodes,
         "model_variant": plan["model_variant"],
         "pretrained": plan["pretrained"],
-        "lora": LoraConfig(rank=plan["lora_rank"]) if plan["lora_rank"] else None,
+        "lora": LoraSettings(rank=plan["lora_rank"]) if plan["lora_rank"] else None,
         "global_batch": plan["global_batch"],
         "max_steps": plan["max_steps"],
         "peak_lr": plan["peak_lr"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from steps.train.config import LoraConfig, TrainConfig
+from steps.train.config import TrainConfig
 
 # Peak dense bf16 FLOP/s per GPU for MFU (H100/H200 SXM: 989 TFLOP/s; A100: 312).
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -136,12 +136,9 @@ def build_model(cfg: TrainConfig, ct, precision: str, *, load_weights: bool = Tr
     else:
         model = Pi0Model(model_config)
     if cfg.lora is not None:
-        from model_zoo.lora import LoraSettings, apply_lora  # imports peft (seconds): only when needed
+        from model_zoo.lora import apply_lora  # imports peft (seconds): only when needed
 
-        lora: LoraConfig = cfg.lora
-        apply_lora(
-            model, LoraSettings(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, preset=lora.preset)
-        )
+        apply_lora(model, cfg.lora)
     model.train()
     return model
 
