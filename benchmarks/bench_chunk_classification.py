@@ -208,8 +208,8 @@ VARIANTS = {
 
 
 def load_dims(root: Path, n_blocks: int) -> list[Dim]:
-    from data_adapters.config_types import get_config_type
     from data_adapters.lerobot_format import read_meta
+    from data_adapters.registry import get_config_type
     from steps.stats.numeric_columns import episode_source
 
     cfg = get_config_type("pi0_libero")

@@ -175,9 +175,9 @@ def transformed(frames, args):
     import numpy as np
     import torch
 
-    from data_adapters.config_types import get_config_type
     from data_adapters.lerobot_reader import read_numeric
     from data_adapters.normalization import NormStats, Stats
+    from data_adapters.registry import get_config_type
     from data_adapters.tokenizer import PromptTokenizer, train_tiny_tokenizer
     from data_adapters.transforms import InputTransform, collate
 

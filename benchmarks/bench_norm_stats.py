@@ -136,8 +136,8 @@ class _DeltaActions:
 
 
 def _our_frames(root: Path):
-    from data_adapters.config_types import get_config_type
     from data_adapters.lerobot_reader import LeRobotFrames
+    from data_adapters.registry import get_config_type
 
     cfg = get_config_type(CONFIG_TYPE)
     if cfg.action_horizon != HORIZON or tuple(cfg.delta_mask) != DELTA_MASK:
@@ -183,7 +183,7 @@ def run_floor(root: Path, horizon: int = 50, block: int = 20_000) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from data_adapters.config_types import get_config_type
+    from data_adapters.registry import get_config_type
 
     start, cpu = time.perf_counter(), time.process_time()
     states, actions, episodes = [], [], []

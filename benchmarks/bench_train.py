@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO))
 def make_assets(base: Path, config_type: str) -> dict:
     import numpy as np
 
-    from data_adapters.config_types import get_config_type
     from data_adapters.lerobot_reader import read_numeric
     from data_adapters.normalization import NormStats, Stats
+    from data_adapters.registry import get_config_type
     from data_adapters.synthetic import make_synthetic_dataset
     from data_adapters.tokenizer import train_tiny_tokenizer
 

@@ -6,21 +6,20 @@ which normalization to use, the default dataset and the training preset. Built-i
 robot per module (`libero.py`, `maniskill.py`, `metaworld.py`, `calvin.py`); custom ones come
 from a YAML file (`custom_yaml.py`) and need no code edit.
 
-To add a built-in type: write a module that defines `CONFIG_TYPES: tuple[ConfigType, ...]` and
-list it in `_ROBOT_MODULES` below.
+Looking a config type up by name or YAML path is ``data_adapters.registry.get_config_type``; training
+presets are named in ``data_adapters.train_presets``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
-import importlib
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+from data_adapters.train_presets import TrainPreset
+from data_adapters.validation import Validated, did_you_mean, is_int
 
 # The model always sees these three camera slots, in this order (openpi / PaliGemma naming).
 IMAGE_SLOTS: tuple[str, ...] = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
@@ -29,98 +28,14 @@ WRIST_SLOTS: tuple[str, ...] = ("left_wrist_0_rgb", "right_wrist_0_rgb")
 MODEL_ACTION_DIM = 32
 MODEL_TYPES = ("pi0", "pi05")
 NORMALIZATIONS = ("zscore", "quantile")
-SCHEDULES = ("cosine", "constant")
 SIMULATORS = ("metaworld",)
 # Prompt budget per model type: pi0 sees only the task, pi0.5 may also see 32 state bins.
 DEFAULT_MAX_TOKEN_LEN = {"pi0": 48, "pi05": 200}
 DEFAULT_NORMALIZATION = {"pi0": "zscore", "pi05": "quantile"}
 
-_ROBOT_MODULES = (
-    "data_adapters.libero",
-    "data_adapters.maniskill",
-    "data_adapters.metaworld",
-    "data_adapters.calvin",
-)
-
-
-def did_you_mean(word: str, options: Sequence[str]) -> str:
-    """Return ' Did you mean 'x'?' for the closest option, or '' when nothing is close."""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" Did you mean '{close[0]}'?" if close else ""
-
-
-class _Validated:
-    """Mixin for frozen dataclasses: `_need(field, ok, what)` raises naming the field and its value."""
-
-    def _owner(self) -> str:
-        name = getattr(self, "name", None)
-        return f"config type {name!r}" if isinstance(name, str) else type(self).__name__
-
-    def _need(self, field_name: str, ok: bool, what: str) -> None:
-        if not ok:
-            raise ValueError(
-                f"{self._owner()}: {field_name} must be {what}, got {getattr(self, field_name)!r}"
-            )
-
-    def _as_tuple(self, field_name: str) -> None:
-        value = getattr(self, field_name)
-        if isinstance(value, list):
-            object.__setattr__(self, field_name, tuple(value))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
 
 @dataclass(frozen=True)
-class TrainPreset(_Validated):
-    """Optimizer / schedule / batch defaults that travel with a config type (openpi's defaults)."""
-
-    # Learning rate reached at the end of warmup.
-    peak_lr: float = 2.5e-5
-    # Linear warmup from peak_lr / (warmup_steps + 1) to peak_lr.
-    warmup_steps: int = 1000
-    # Step at which the cosine reaches end_lr (unused by "constant").
-    decay_steps: int = 30_000
-    end_lr: float = 2.5e-6
-    # "cosine": warmup then cosine to end_lr; "constant": warmup then flat at peak_lr.
-    schedule: str = "cosine"
-    # Samples per optimizer step summed over all ranks and accumulation steps.
-    global_batch: int = 32
-    max_steps: int = 30_000
-    # EMA of the weights for full fine-tuning; None turns it off (LoRA always runs without EMA).
-    ema_decay: float | None = 0.99
-    # AdamW settings and global gradient-norm clip.
-    weight_decay: float = 1e-10
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("peak_lr", "end_lr", "eps", "grad_clip"):
-            self._need(name, _is_number(getattr(self, name)) and getattr(self, name) > 0, "a positive number")
-        self._need("weight_decay", _is_number(self.weight_decay) and self.weight_decay >= 0, "a number >= 0")
-        self._need("warmup_steps", _is_int(self.warmup_steps) and self.warmup_steps >= 0, "an integer >= 0")
-        for name in ("decay_steps", "global_batch", "max_steps"):
-            self._need(name, _is_int(getattr(self, name)) and getattr(self, name) > 0, "a positive integer")
-        self._need("schedule", self.schedule in SCHEDULES, f"one of {SCHEDULES}")
-        ema_ok = self.ema_decay is None or (_is_number(self.ema_decay) and 0 < self.ema_decay < 1)
-        self._need("ema_decay", ema_ok, "None or a number in (0, 1)")
-        self._as_tuple("betas")
-        betas_ok = isinstance(self.betas, tuple) and len(self.betas) == 2
-        self._need(
-            "betas",
-            betas_ok and all(_is_number(b) and 0 <= b < 1 for b in self.betas),
-            "two numbers in [0, 1)",
-        )
-
-
-@dataclass(frozen=True)
-class ConfigType(_Validated):
+class ConfigType(Validated):
     """One robot/dataset layout as the model sees it. Validated on construction."""
 
     # Registry name, e.g. "pi05_libero".
@@ -161,7 +76,7 @@ class ConfigType(_Validated):
             raise ValueError(f"config type: name must be a non-empty string, got {self.name!r}")
         self._need("model_type", self.model_type in MODEL_TYPES, f"one of {MODEL_TYPES}")
         for name in ("action_horizon", "max_token_len"):
-            self._need(name, _is_int(getattr(self, name)) and getattr(self, name) > 0, "a positive integer")
+            self._need(name, is_int(getattr(self, name)) and getattr(self, name) > 0, "a positive integer")
         self._need("discrete_state", isinstance(self.discrete_state, bool), "a bool")
         pi0_state = self.discrete_state and self.model_type != "pi05"
         self._need("discrete_state", not pi0_state, "False for pi0 (pi0 feeds the state through state_proj)")
@@ -177,7 +92,7 @@ class ConfigType(_Validated):
         for name in ("state_dim", "action_dim"):
             value = getattr(self, name)
             self._need(
-                name, _is_int(value) and 0 < value <= MODEL_ACTION_DIM, f"an integer in 1..{MODEL_ACTION_DIM}"
+                name, is_int(value) and 0 < value <= MODEL_ACTION_DIM, f"an integer in 1..{MODEL_ACTION_DIM}"
             )
         self._as_tuple("delta_mask")
         mask = self.delta_mask
@@ -260,47 +175,6 @@ class ConfigType(_Validated):
         out["cameras"] = {slot: list(keys) for slot, keys in self.cameras.items()}
         out["train"] = dataclasses.asdict(self.train)
         return out
-
-
-@functools.cache
-def _registry() -> Mapping[str, ConfigType]:
-    # Built lazily: the robot modules import this module for ConfigType.
-    registry: dict[str, ConfigType] = {}
-    for module_name in _ROBOT_MODULES:
-        for cfg in importlib.import_module(module_name).CONFIG_TYPES:
-            if cfg.name in registry:
-                raise ValueError(f"config type name {cfg.name!r} is defined twice (second in {module_name})")
-            registry[cfg.name] = cfg
-    return MappingProxyType(registry)
-
-
-def list_config_types() -> list[str]:
-    """Names of the built-in config types."""
-    return sorted(_registry())
-
-
-def get_config_type(name_or_yaml: str) -> ConfigType:
-    """Return a built-in config type by name, or load a custom one from a .yaml/.yml file.
-
-    Raises:
-        ValueError: unknown name (the message lists the valid names and the closest match), or an
-            invalid YAML file.
-    """
-    from data_adapters import text_config  # causal-LM SFT: ``text_sft`` or a YAML with ``kind: text``
-
-    if text_config.is_text_config(name_or_yaml):
-        return text_config.load_text_config(name_or_yaml)
-    if str(name_or_yaml).lower().endswith((".yaml", ".yml")):
-        from data_adapters.custom_yaml import load_config_yaml
-
-        return load_config_yaml(name_or_yaml)
-    registry = _registry()
-    if name_or_yaml not in registry:
-        raise ValueError(
-            f"unknown config type {name_or_yaml!r}.{did_you_mean(str(name_or_yaml), list(registry))}"
-            f" Valid names: {', '.join(sorted(registry))}, or a path to a .yaml file."
-        )
-    return registry[name_or_yaml]
 
 
 def require_dataset(

@@ -10,6 +10,7 @@ bad values fail with the field and value. Check the mapping against the dataset'
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,6 @@ from data_adapters.config_types import (
     ConfigType,
     TrainPreset,
     did_you_mean,
-    get_config_type,
-    list_config_types,
 )
 
 TOP_LEVEL_FIELDS = (
@@ -128,21 +127,25 @@ def _delta_mask(data: dict[str, Any], fields: dict[str, Any], path: Path) -> Any
     return (False,) * action_dim
 
 
-def config_from_dict(data: dict[str, Any], *, path: Path) -> ConfigType:
-    """Build a ConfigType from parsed YAML (`path` is only used for messages and relative paths)."""
+def config_from_dict(data: dict[str, Any], *, path: Path, builtins: Mapping[str, ConfigType]) -> ConfigType:
+    """Build a ConfigType from parsed YAML (`path` is only used for messages and relative paths).
+
+    ``builtins``: the built-in config types by name (``extends`` starts from one; a custom name may not
+    reuse one), passed in by ``data_adapters.registry`` so this module never imports it.
+    """
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
     _reject_unknown(data, TOP_LEVEL_FIELDS, str(path))
     fields: dict[str, Any] = {}
     if data.get("extends") is not None:
         base_name = data["extends"]
-        if base_name not in list_config_types():
+        if base_name not in builtins:
             raise ValueError(
                 f"{path}: extends names unknown config type {base_name!r}."
-                f"{did_you_mean(str(base_name), list_config_types())} "
-                f"Valid: {', '.join(list_config_types())}"
+                f"{did_you_mean(str(base_name), sorted(builtins))} "
+                f"Valid: {', '.join(sorted(builtins))}"
             )
-        base = get_config_type(base_name)
+        base = builtins[base_name]
         fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
         # A different model type brings its own prompt length / normalization unless given.
         if data.get("model_type", base.model_type) != base.model_type:
@@ -168,7 +171,7 @@ def config_from_dict(data: dict[str, Any], *, path: Path) -> ConfigType:
             "train": TrainPreset(),
         }
     fields["name"] = data.get("name", path.stem)
-    if fields["name"] in list_config_types():
+    if fields["name"] in builtins:
         raise ValueError(f"{path}: name {fields['name']!r} is a built-in config type; choose another name")
     for key in (
         "model_type",
@@ -214,7 +217,7 @@ def config_from_dict(data: dict[str, Any], *, path: Path) -> ConfigType:
         raise ValueError(f"{path}: {err}") from None
 
 
-def load_config_yaml(path: str | Path) -> ConfigType:
+def load_config_yaml(path: str | Path, *, builtins: Mapping[str, ConfigType]) -> ConfigType:
     """Load and validate a custom config type from a YAML file.
 
     Raises:
@@ -227,4 +230,4 @@ def load_config_yaml(path: str | Path) -> ConfigType:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from None
-    return config_from_dict(data, path=path)
+    return config_from_dict(data, path=path, builtins=builtins)

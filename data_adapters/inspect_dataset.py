@@ -116,6 +116,7 @@ def suggest_mapping(info: dict[str, Any], *, root: Path, name: str) -> dict[str,
 def describe(root: Path, *, name: str | None = None) -> str:
     """Human-readable summary plus a suggested YAML (with a note if it does not validate)."""
     from data_adapters.custom_yaml import config_from_dict
+    from data_adapters.registry import builtin_config_types
 
     info = load_info(root)
     tasks, lengths = read_tasks(root), read_episode_lengths(root)
@@ -134,7 +135,9 @@ def describe(root: Path, *, name: str | None = None) -> str:
     name = name or re.sub(r"[^A-Za-z0-9_]+", "_", root.resolve().name).strip("_") or "my_robot"
     suggestion = suggest_mapping(info, root=root, name=name)
     try:
-        validate_against_dataset(config_from_dict(suggestion, path=Path(f"{name}.yaml")), info)
+        validate_against_dataset(
+            config_from_dict(suggestion, path=Path(f"{name}.yaml"), builtins=builtin_config_types()), info
+        )
         note = "# checked against meta/info.json; review the camera slots and delta_mask before training"
     except ValueError as err:
         note = f"# does NOT validate yet, edit it: {err}"

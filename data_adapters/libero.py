@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from data_adapters.config_types import ConfigType, TrainPreset
+from data_adapters import train_presets
+from data_adapters.config_types import ConfigType
 
 _CAMERAS = {"base_0_rgb": ("image",), "left_wrist_0_rgb": ("wrist_image",), "right_wrist_0_rgb": ()}
 
@@ -32,11 +33,8 @@ PI0_LIBERO = ConfigType(
     dataset_revision=None,
 )
 
-# openpi's own pi05_libero recipe: large batch, long warmup, flat LR afterwards, slow EMA. Robot
-# state stays out of the prompt (discrete_state False), as in openpi and RLinf.
-PI05_LIBERO_PRESET = TrainPreset(
-    peak_lr=5e-5, warmup_steps=10_000, end_lr=5e-5, schedule="constant", global_batch=256, ema_decay=0.999
-)
+# openpi's own pi05_libero recipe (train_presets.PI05_LIBERO). Robot state stays out of the prompt
+# (discrete_state False), as in openpi and RLinf.
 
 PI05_LIBERO = dataclasses.replace(
     PI0_LIBERO,
@@ -46,7 +44,7 @@ PI05_LIBERO = dataclasses.replace(
     max_token_len=200,
     delta_mask=(False,) * 7,
     normalization="quantile",
-    train=PI05_LIBERO_PRESET,
+    train=train_presets.PI05_LIBERO,
 )
 
 CONFIG_TYPES = (PI0_LIBERO, PI05_LIBERO)

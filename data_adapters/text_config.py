@@ -15,7 +15,7 @@ The same flow and trainer that fine-tune pi0 / pi0.5 fine-tune a causal LM when 
     lora_target_modules: null         # null: the usual attention / MLP projections of common LMs
     train: {peak_lr: 2.0e-5, global_batch: 16, max_steps: 1000}
 
-``data_adapters/config_types.get_config_type`` dispatches here, so ``TrainConfig.resolve`` and every
+``data_adapters.registry.get_config_type`` dispatches here, so ``TrainConfig.resolve`` and every
 other caller reads ``.train`` as for a robot config type. No transformers import in this module.
 """
 
@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_adapters.config_types import TrainPreset, did_you_mean
+from data_adapters.train_presets import TEXT_SFT as TEXT_PRESET
+from data_adapters.train_presets import TrainPreset
+from data_adapters.validation import did_you_mean
 
 TEXT_SFT = "text_sft"
 KIND = "text"
-# Full fine-tuning of an LM: a smaller learning rate and no EMA by default (HF/TRL practice).
-TEXT_PRESET = TrainPreset(peak_lr=2e-5, warmup_steps=20, decay_steps=1000, end_lr=2e-6, global_batch=16,
-                          max_steps=1000, ema_decay=None, weight_decay=0.0, betas=(0.9, 0.999))  # fmt: skip
 TOP_LEVEL_FIELDS = ("kind", "name", "model", "model_revision", "tokenizer", "dataset", "dataset_revision",
                     "max_seq_len", "truncation", "packing", "val_fraction", "lora_target_modules", "train")  # fmt: skip
 

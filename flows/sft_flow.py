@@ -181,7 +181,7 @@ class SFTFlow(FlowSpec):
     @step
     def compute_norm_stats(self):
         """Exact normalization statistics over the training episodes."""
-        from data_adapters.config_types import get_config_type
+        from data_adapters.registry import get_config_type
         from steps.fetch.run_inputs import default_cache_dir
         from steps.stats.norm_stats import compute_norm_stats
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_adapters.config_types import get_config_type
 from data_adapters.normalization import NormStats, Stats
+from data_adapters.registry import get_config_type
 from data_adapters.tokenizer import train_tiny_tokenizer
 from model_zoo.checkpoint import save_checkpoint
 from model_zoo.config import ModelConfig

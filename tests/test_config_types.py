@@ -15,12 +15,10 @@ from data_adapters.config_types import (
     IMAGE_SLOTS,
     ConfigType,
     TrainPreset,
-    get_config_type,
-    list_config_types,
     require_dataset,
     validate_against_dataset,
 )
-from data_adapters.custom_yaml import load_config_yaml
+from data_adapters.registry import get_config_type, list_config_types
 
 EXAMPLE_YAML = Path(__file__).resolve().parents[1] / "data_adapters" / "examples" / "my_robot.yaml"
 
@@ -210,7 +208,7 @@ train: {peak_lr: 1e-4, global_batch: 64, betas: [0.9, 0.99]}
 
 
 def test_yaml_without_extends_gets_model_type_defaults(tmp_path):
-    cfg = load_config_yaml(_write(tmp_path, FULL_YAML))
+    cfg = get_config_type(_write(tmp_path, FULL_YAML))
     assert cfg.name == "robot"
     assert (cfg.max_token_len, cfg.normalization, cfg.discrete_state) == (48, "zscore", False)
     assert cfg.dataset_id == str((tmp_path / "data" / "robot").resolve())
@@ -221,7 +219,7 @@ def test_yaml_without_extends_gets_model_type_defaults(tmp_path):
 
 
 def test_yaml_extends_overrides_only_given_fields(tmp_path):
-    cfg = load_config_yaml(
+    cfg = get_config_type(
         _write(
             tmp_path,
             "extends: pi05_libero\nname: mine\naction_horizon: 16\n"
@@ -236,22 +234,22 @@ def test_yaml_extends_overrides_only_given_fields(tmp_path):
         "v2",
     )
     assert (cfg.cameras, cfg.train, cfg.delta_mask) == (base.cameras, base.train, base.delta_mask)
-    switched = load_config_yaml(_write(tmp_path, "extends: pi05_libero\nmodel_type: pi0\n", "sw.yaml"))
+    switched = get_config_type(_write(tmp_path, "extends: pi05_libero\nmodel_type: pi0\n", "sw.yaml"))
     assert (switched.max_token_len, switched.normalization) == (48, "zscore")
 
 
 def test_yaml_typo_names_field_file_and_suggestion(tmp_path):
     path = _write(tmp_path, FULL_YAML.replace("cameras:", "camreas:"))
     with pytest.raises(ValueError, match=rf"{path}: unknown field 'camreas'\. Did you mean 'cameras'\?"):
-        load_config_yaml(path)
+        get_config_type(path)
     path = _write(tmp_path, FULL_YAML.replace("global_batch", "global_bach"), "t.yaml")
     with pytest.raises(
         ValueError, match=rf"{path}: train: unknown field 'global_bach'\. Did you mean 'global_batch'"
     ):
-        load_config_yaml(path)
+        get_config_type(path)
     path = _write(tmp_path, FULL_YAML.replace("{path: data/robot}", "{ids: x}"), "d.yaml")
     with pytest.raises(ValueError, match=rf"{path}: dataset: unknown field 'ids'\. Did you mean 'id'"):
-        load_config_yaml(path)
+        get_config_type(path)
 
 
 @pytest.mark.parametrize(
@@ -277,7 +275,7 @@ def test_yaml_bad_values_name_file_and_field(tmp_path, old, new, message):
     assert old in FULL_YAML
     path = _write(tmp_path, FULL_YAML.replace(old, new))
     with pytest.raises(ValueError, match=rf"{path}: .*{message}"):
-        load_config_yaml(path)
+        get_config_type(path)
 
 
 def test_yaml_file_errors(tmp_path):
@@ -286,9 +284,9 @@ def test_yaml_file_errors(tmp_path):
     with pytest.raises(
         ValueError, match=r"extends names unknown config type 'pi0_libro'.*Did you mean 'pi0_libero'"
     ):
-        load_config_yaml(_write(tmp_path, "extends: pi0_libro\n"))
+        get_config_type(_write(tmp_path, "extends: pi0_libro\n"))
     with pytest.raises(ValueError, match=r"name 'pi0_libero' is a built-in config type"):
-        load_config_yaml(_write(tmp_path, "extends: pi0_libero\nname: pi0_libero\n"))
+        get_config_type(_write(tmp_path, "extends: pi0_libero\nname: pi0_libero\n"))
 
 
 # --- validation against meta/info.json ---------------------------------------------------------
@@ -417,7 +415,7 @@ def test_inspect_v21_prints_summary_and_a_valid_suggestion(tmp_path, capsys):
     assert "# checked against meta/info.json" in out
     suggestion = out.split("# checked against meta/info.json")[1].split("\n", 1)[1]
     path = _write(tmp_path, suggestion, "suggested.yaml")
-    cfg = load_config_yaml(path)
+    cfg = get_config_type(path)
     assert cfg.name == "my_set" and cfg.cameras["left_wrist_0_rgb"] == ("observation.images.wrist_cam",)
     assert (cfg.state_dim, cfg.action_dim) == (8, 7)
     validate_against_dataset(cfg, inspect_dataset.load_info(root))

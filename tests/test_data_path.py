@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from data_adapters.config_types import IMAGE_SLOTS, get_config_type, list_config_types
+from data_adapters.config_types import IMAGE_SLOTS
 from data_adapters.lerobot_reader import LeRobotFrames
+from data_adapters.registry import get_config_type, list_config_types
 from data_adapters.synthetic import make_synthetic_dataset
 from data_adapters.tokenizer import PromptTokenizer, train_tiny_tokenizer
 from data_adapters.transforms import InputTransform, OutputTransform, collate

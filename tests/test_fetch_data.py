@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from data_adapters.config_types import get_config_type
 from data_adapters.lerobot_format import fingerprint
+from data_adapters.registry import get_config_type
 from data_adapters.synthetic import make_synthetic_dataset
 from steps.fetch.dataset import FetchResult, fetch_dataset
 

@@ -125,7 +125,7 @@ def test_validate_run_inputs_rejects_a_folder_that_is_not_a_lerobot_dataset(tmp_
 
 
 def test_validate_run_inputs_rejects_dataset_of_another_schema(tmp_path):
-    from data_adapters.config_types import get_config_type
+    from data_adapters.registry import get_config_type
     from data_adapters.synthetic import make_synthetic_dataset
 
     root = make_synthetic_dataset(tmp_path / "libero", get_config_type("pi0_libero"), num_episodes=2,
@@ -343,7 +343,7 @@ def _mlflow_checks(root: Path, info: dict, *, expect_world_size: int) -> None:
     import mlflow
     import numpy as np
 
-    from data_adapters.config_types import get_config_type
+    from data_adapters.registry import get_config_type
     from steps.registry.model_logging import example_input
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")

@@ -273,9 +273,10 @@ def test_failed_expert_episodes_are_dropped_or_kept_on_request(tmp_path):
 
 def test_shipped_demo_dataset_matches_pi05_metaworld_and_replays():
     """The committed demo data reads back, fits pi05_metaworld, and still replays to success (physics only)."""
-    from data_adapters.config_types import get_config_type, validate_against_dataset
+    from data_adapters.config_types import validate_against_dataset
     from data_adapters.lerobot_format import read_meta
     from data_adapters.lerobot_reader import read_numeric
+    from data_adapters.registry import get_config_type
 
     root = metaworld_data.DEMO_DATASET
     meta = read_meta(root)

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_adapters.config_types import get_config_type
 from data_adapters.lerobot_writer import LeRobotWriter
 from data_adapters.normalization import NormStats, normalize, unnormalize
+from data_adapters.registry import get_config_type
 from data_adapters.synthetic import make_synthetic_dataset
 from steps.stats.chunk_stats import (
     QUANTILES,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_adapters.config_types import get_config_type
 from data_adapters.lerobot_reader import LeRobotFrames, read_numeric
+from data_adapters.registry import get_config_type
 from data_adapters.synthetic import make_synthetic_dataset
 from data_adapters.transforms import collate
 from steps.evaluate.offline import action_error_metrics, evaluate_offline, select_frames

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from data_adapters.config_types import get_config_type
 from data_adapters.lerobot_format import fingerprint
+from data_adapters.registry import get_config_type
 from data_adapters.synthetic import make_synthetic_dataset
 from steps.config.validate import InputError, validate_run_inputs
 from steps.fetch import s3 as s3_dataset

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_adapters.config_types import get_config_type
+from data_adapters.registry import get_config_type
 from model_zoo.lora_settings import LoraSettings
 from steps.text import data as text_data
 from steps.text.stats import compute_text_stats

@@ -43,7 +43,7 @@ def _norm_stats(root, ct, episodes, out):
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from data_adapters.config_types import get_config_type
+    from data_adapters.registry import get_config_type
     from data_adapters.synthetic import make_synthetic_dataset
     from data_adapters.tokenizer import train_tiny_tokenizer
 
@@ -350,7 +350,7 @@ def test_training_starts_from_exactly_the_pretrained_weights(assets, reference, 
     on CPU, trainable (full) or frozen under adapters (LoRA); then training runs from there."""
     import hashlib
 
-    from data_adapters.config_types import get_config_type
+    from data_adapters.registry import get_config_type
     from steps.train import setup as train_setup
 
     export = reference["result"].export_dir
@@ -386,7 +386,7 @@ def test_training_starts_from_exactly_the_pretrained_weights(assets, reference, 
 
 def test_pretrained_weights_of_another_model_are_refused(assets, reference, tmp_path):
     # A pi0.5 export as the starting point of a pi0 config type.
-    from data_adapters.config_types import get_config_type
+    from data_adapters.registry import get_config_type
     from data_adapters.synthetic import make_synthetic_dataset
 
     ct = get_config_type("pi0_libero")

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from data_adapters.config_types import IMAGE_SLOTS, get_config_type, list_config_types
+from data_adapters.config_types import IMAGE_SLOTS
 from data_adapters.image_ops import crop_rotate, resize_with_pad
 from data_adapters.normalization import NormStats, Stats, normalize
+from data_adapters.registry import get_config_type, list_config_types
 from data_adapters.tokenizer import PromptTokenizer, train_tiny_tokenizer
 from data_adapters.transforms import InputTransform, OutputTransform, collate
 

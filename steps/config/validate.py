@@ -205,7 +205,8 @@ def validate_run_inputs(
     tokenizer: str | None = None,
 ) -> RunPlan:
     """Validate the run's command-line values; return the resolved plan or raise InputError."""
-    from data_adapters.config_types import get_config_type, require_dataset
+    from data_adapters.config_types import require_dataset
+    from data_adapters.registry import get_config_type
     from steps.registry import tracking
 
     if not config_type:

@@ -86,13 +86,9 @@ def fetch_dataset(
             how to fix it), a dataset that is not LeRobot v2.0/v2.1/v3.0 or lacks the config type's keys
             and dims, or a split that leaves no training episode.
     """
-    from data_adapters.config_types import (
-        ConfigType,
-        get_config_type,
-        require_dataset,
-        validate_against_dataset,
-    )
+    from data_adapters.config_types import ConfigType, require_dataset, validate_against_dataset
     from data_adapters.lerobot_format import fingerprint, read_meta, split_episodes
+    from data_adapters.registry import get_config_type
 
     cfg = cfg if isinstance(cfg, ConfigType) else get_config_type(str(cfg))
     spec, revision = require_dataset(cfg, str(dataset) if dataset is not None else None, revision)

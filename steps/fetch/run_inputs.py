@@ -142,7 +142,7 @@ def synthetic_demo_dataset(cfg, cache_dir: str | os.PathLike | None = None) -> P
 def fetch_run_dataset(plan: dict, cache_dir: str | os.PathLike | None = None):
     """``steps.fetch.dataset.fetch_dataset`` for a run plan: the demo dataset, a generated ``metaworld://``
     dataset, a Hub id or a local folder, with ``plan["eval_episodes"]`` episodes held out."""
-    from data_adapters.config_types import get_config_type
+    from data_adapters.registry import get_config_type
     from steps.fetch.dataset import fetch_dataset
 
     if plan.get("kind") == "text":  # rows of a jsonl / parquet file or a Hub dataset, split by row

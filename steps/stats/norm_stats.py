@@ -98,9 +98,10 @@ def compute_norm_stats(
         ValueError: the dataset does not fit the config type, unknown episodes, no frames, NaN/inf in a
             state or action value (naming key, episode and frame), or bad arguments.
     """
-    from data_adapters.config_types import ConfigType, get_config_type
+    from data_adapters.config_types import ConfigType
     from data_adapters.lerobot_format import fingerprint, read_meta
     from data_adapters.normalization import NormStats
+    from data_adapters.registry import get_config_type
 
     cfg = cfg if isinstance(cfg, ConfigType) else get_config_type(str(cfg))
     if not min_scale > 0 or not max_abs_normalized >= 1:

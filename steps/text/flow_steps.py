@@ -140,7 +140,7 @@ class TextFetchResult:
 
 def fetch_text_dataset(plan: dict) -> TextFetchResult:
     """All rows of the dataset, split deterministically into train / validation row indices."""
-    from data_adapters.config_types import get_config_type
+    from data_adapters.registry import get_config_type
     from steps.text import data as text_data
 
     ct = get_config_type(plan["config_type"])
@@ -166,7 +166,7 @@ def compute_text_run_stats(
     plan: dict, fetched: dict, *, out_path: str | os.PathLike, tracking_uri: str, run_id: str
 ) -> dict:
     """Token-length statistics of the training rows, written to ``out_path`` and logged to MLflow."""
-    from data_adapters.config_types import get_config_type
+    from data_adapters.registry import get_config_type
     from steps.registry import tracking
     from steps.text.stats import compute_text_stats
 

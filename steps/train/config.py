@@ -175,7 +175,7 @@ class TrainConfig:
 
     def resolve(self, world_size: int = 1) -> TrainConfig:
         """Fill every preset field from the config type and check batch sizes against ``world_size``."""
-        from data_adapters.config_types import get_config_type
+        from data_adapters.registry import get_config_type
 
         preset = get_config_type(self.config_type).train
         updates: dict[str, Any] = {

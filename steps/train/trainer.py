@@ -122,7 +122,7 @@ class Trainer:
         import numpy as np
         import torch
 
-        from data_adapters.config_types import get_config_type
+        from data_adapters.registry import get_config_type
         from steps.train import checkpoints as ckpt
         from steps.train import distributed as D
 
