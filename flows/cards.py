@@ -30,12 +30,12 @@ def _table(card, rows: Sequence[Sequence], headers: Sequence[str]) -> None:
     card.append(Table([[str(c) for c in row] for row in rows], headers=list(headers)))
 
 
-def render_train_card(card, *, plan: Mapping, result: Mapping | None, history: Sequence[Mapping],
+def render_train_card(card, *, title: str, result: Mapping | None, history: Sequence[Mapping],
                       node_index: int, mlflow_run_id: str | None) -> None:  # fmt: skip
     """Loss curve, learning rate, throughput and the run's settings (node 0 has the metrics)."""
     from metaflow.cards import Markdown, VegaChart
 
-    card.append(Markdown(f"# Training — {plan['config_type_name']} ({plan.get('finetune', '')})"))
+    card.append(Markdown(f"# Training — {title}"))
     if result is None:
         card.append(Markdown(f"Node {node_index}: metrics are logged by node 0."))
         return
@@ -62,7 +62,7 @@ def render_train_card(card, *, plan: Mapping, result: Mapping | None, history: S
             card.append(VegaChart(line_chart(rows, "step", "perf/samples_per_s", "samples / s")))
 
 
-def render_eval_card(card, *, plan: Mapping, metrics: Mapping[str, float], episodes: Sequence[int],
+def render_eval_card(card, *, title: str, metrics: Mapping[str, float], episodes: Sequence[int],
                      seconds: float, mlflow_run_id: str | None,
                      images: Mapping[str, str] | None = None) -> None:  # fmt: skip
     """Headline metrics, success rates, the full metric table and the evaluation's PNG images."""
@@ -70,7 +70,7 @@ def render_eval_card(card, *, plan: Mapping, metrics: Mapping[str, float], episo
 
     from metaflow.cards import Image, Markdown
 
-    card.append(Markdown(f"# Evaluation — {plan['config_type_name']}"))
+    card.append(Markdown(f"# Evaluation — {title}"))
     card.append(
         Markdown(f"Held-out episodes: {list(episodes)} · {seconds:.1f} s · MLflow run `{mlflow_run_id}`")
     )

@@ -115,88 +115,62 @@ class SFTFlow(FlowSpec):
 
     @step
     def start(self):
-        """Validate every input in seconds; create or reuse the MLflow run; fix the lineage id."""
-        from steps.config import validate as validate_inputs
-        from steps.evaluate.export_eval import check_sim_options
-        from steps.fetch.run_inputs import PALIGEMMA_TOKENIZER_URL, TINY_TOKENIZER, check_tokenizer_spec
-        from steps.train import launch as train_launch
+        """Validate every input in seconds; resolve the run config once; create or reuse the MLflow run."""
+        from steps.config.validate import running_remotely, validate_run_inputs
 
         try:
             with _timed(self, "start.validate"):
-                plan = validate_inputs.validate_run_inputs(
-                    config_type=self.config_type, dataset=self.dataset, dataset_revision=self.dataset_revision,
-                    max_steps=self.max_steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                    lora=self.lora, lora_rank=self.lora_rank, pretrained=self.pretrained,
-                    eval_episodes=self.eval_episodes, eval_samples=self.eval_samples, demo=self.demo,
-                    nodes=self.cluster.nodes, procs_per_node=self.cluster.procs_per_node,
-                    remote=validate_inputs.running_remotely(self.cluster.backend), tokenizer=self.tokenizer,
-                )  # fmt: skip
-            self.tokenizer_spec = self.tokenizer or (TINY_TOKENIZER if self.demo else PALIGEMMA_TOKENIZER_URL)
-            # Text: --tokenizer is a Hugging Face folder / Hub id, kept in the plan (none: the model's own).
-            if plan.kind == "text":
-                self.tokenizer_spec = None
-            else:
-                check_tokenizer_spec(self.tokenizer_spec)
-            train_launch.check_train_options(self.train_options)
-            check_sim_options(self.demo, self.sim_episodes, self.sim_max_steps, self.sim_tasks)
+                run_config = validate_run_inputs(**self._cli_values(), nodes=self.cluster.nodes,
+                                                 procs_per_node=self.cluster.procs_per_node,
+                                                 gpus_per_node=self.cluster.gpus_per_node,
+                                                 remote=running_remotely(self.cluster.backend))  # fmt: skip
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-        self.plan = {**plan.to_dict(), "finetune": plan.finetune, "world_size": plan.world_size}
+        self.run_config = run_config.to_dict()
         with _timed(self, "start.mlflow"):
-            self._start_tracking(plan)
+            self._start_tracking(run_config)
         self.next(self.fetch_data)
 
-    def _start_tracking(self, plan):
+    def _cli_values(self) -> dict:
+        names = ("config_type", "dataset", "dataset_revision", "max_steps", "batch_size", "learning_rate", "lora",
+                 "lora_rank", "pretrained", "tokenizer", "eval_episodes", "eval_samples", "sim_episodes",
+                 "sim_max_steps", "sim_tasks", "experiment", "model_name", "train_options", "demo")  # fmt: skip
+        return {name: getattr(self, name) for name in names}
+
+    def _start_tracking(self, run_config):
         from steps.registry import tracking
         from steps.train.launch import checkpoint_dir_for
 
         self.lineage_id = tracking.lineage_id_for(current.flow_name, current.run_id, current.origin_run_id)
-        self.tracking_uri = plan.tracking_uri
-        self.mlflow_run_id, _ = tracking.get_or_create_run(
-            plan.tracking_uri, self.experiment, self.lineage_id, run_name=f"{plan.config_type_name}-{current.run_id}",
-            tags={tracking.PATHSPEC_TAG: f"{current.flow_name}/{current.run_id}",
-                  tracking.METAFLOW_RUN_TAG: current.run_id, "config_type": plan.config_type_name,
-                  "git_commit": tracking.git_commit(_ROOT) or "unknown"},
-        )  # fmt: skip
-        tracking.log_params(
-            plan.tracking_uri, self.mlflow_run_id, {f"plan.{k}": v for k, v in self.plan.items()}
-        )
+        self.tracking_uri, self.git_commit = run_config.tracking_uri, tracking.git_commit(_ROOT)
+        self.mlflow_run_id = tracking.start_run_tracking(
+            run_config, self.lineage_id, run_name=f"{run_config.config_type.name}-{current.run_id}",
+            pathspec=f"{current.flow_name}/{current.run_id}", metaflow_run_id=current.run_id,
+            git_commit=self.git_commit)  # fmt: skip
         _tag_metaflow_run(f"mlflow_run_id:{self.mlflow_run_id}")
         root = self.cluster.checkpoint_root or _datastore_checkpoint_root(self)
         self.checkpoint_dir = checkpoint_dir_for(root, self.lineage_id)
-        print(f"lineage {self.lineage_id} · MLflow run {self.mlflow_run_id} at {plan.tracking_uri} · "
+        print(f"lineage {self.lineage_id} · MLflow run {self.mlflow_run_id} at {self.tracking_uri} · "
               f"checkpoints {self.checkpoint_dir}")  # fmt: skip
 
     @step
     def fetch_data(self):
         """Download (or locate / generate) the dataset, check its schema, split episodes; get the tokenizer."""
-        from steps.fetch.run_inputs import fetch_run_dataset, resolve_tokenizer
+        from steps.tasks import task_for
 
         with _timed(self, "fetch_data"):
-            self.fetched = fetch_run_dataset(self.plan).to_dict()
-            spec = self.tokenizer_spec  # None for text config types
-            self.tokenizer_model = resolve_tokenizer(spec).read_bytes() if spec else b""
+            self.fetched, self.tokenizer_model = task_for(self.run_config).fetch()
         self.next(self.compute_norm_stats)
 
     @step
     def compute_norm_stats(self):
-        """Exact normalization statistics over the training episodes."""
-        from data_adapters.registry import get_config_type
-        from steps.fetch.run_inputs import default_cache_dir
-        from steps.stats.norm_stats import compute_norm_stats
+        """Exact normalization statistics over the training episodes (text: token-length statistics)."""
+        from steps.tasks import task_for
 
-        out = default_cache_dir() / "runs" / self.lineage_id / "norm_stats.json"
         with _timed(self, "compute_norm_stats"):
-            # Text: token-length statistics (logged to MLflow) instead of action normalization.
-            if self.plan.get("kind") == "text":
-                from steps.text.flow_steps import compute_text_run_stats
-
-                self.norm_stats = compute_text_run_stats(self.plan, self.fetched, out_path=out,
-                                                         tracking_uri=self.tracking_uri, run_id=self.mlflow_run_id)  # fmt: skip
-            else:
-                stats = compute_norm_stats(get_config_type(self.plan["config_type"]), self.fetched["path"],
-                                           self.fetched["train_episodes"], out_path=out)  # fmt: skip
-                self.norm_stats = stats.to_json_dict()
+            self.norm_stats = task_for(self.run_config).compute_stats(
+                self.fetched, out_path=_run_dir(self) / "norm_stats.json", who=_identity(self)
+            )
         self.next(self.train, num_parallel=self.cluster.nodes)
 
     @card(type="blank", id="train")
@@ -206,44 +180,33 @@ class SFTFlow(FlowSpec):
     @torchrun
     @step
     def train(self):
-        """torchrun steps/train/trainer.py on every node; checkpoints under the lineage id, so retries resume."""
-        from steps.fetch.run_inputs import default_cache_dir
-        from steps.train import launch as train_launch
+        """``python -m steps.train`` under torchrun on every node; checkpoints under the lineage id, so retries
+        resume."""
+        from steps.tasks import task_for
+        from steps.train import launch
 
-        node = current.parallel.node_index
-        workdir = default_cache_dir() / "runs" / self.lineage_id / f"node{node}"
-        inputs = train_launch.prepare_node_inputs(self.plan, self.fetched, self.norm_stats, self.tokenizer_model,
-                                                  workdir)  # fmt: skip
-        config = train_launch.build_train_config(
-            self.plan, inputs, train_episodes=self.fetched["train_episodes"],
-            val_episodes=self.fetched["val_episodes"], checkpoint_dir=self.checkpoint_dir,
-            export_dir=train_launch.export_dir_for(self.checkpoint_dir, workdir),
-            metrics_file=str(workdir / "metrics.jsonl"), tracking_uri=self.tracking_uri, options=self.train_options,
-        )  # fmt: skip
-        config.to_json(workdir / "train_config.json")
-        result_path = workdir / "train_result.json"
-        result_path.unlink(missing_ok=True)
+        task, self.node_index = task_for(self.run_config), current.parallel.node_index
+        job = launch.prepare_training(task, self.fetched, self.norm_stats, self.tokenizer_model,
+                                      workdir=_run_dir(self) / f"node{self.node_index}",
+                                      checkpoint_dir=self.checkpoint_dir, tracking_uri=self.tracking_uri)  # fmt: skip
         # The training processes join the flow's MLflow run and import the project from its root.
         os.environ.update(MLFLOW_RUN_ID=self.mlflow_run_id, MLFLOW_TRACKING_URI=self.tracking_uri,
                           PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
         with _timed(self, "train.torchrun"):
-            current.torch.run(
-                entrypoint=train_launch.TRAIN_ENTRYPOINT, torchrun_args=dict(train_launch.TORCHRUN_ARGS),
-                entrypoint_args=["--config", str(workdir / "train_config.json"), "--result_json", str(result_path)],
-                nproc_per_node=self.plan["procs_per_node"],
-            )  # fmt: skip
-        self.node_index = node
-        self.train_result = json.loads(result_path.read_text()) if node == 0 else None
-        if node == 0:
-            self.export_uri = train_launch.publish_export(
-                self.train_result["export_dir"], self.checkpoint_dir
-            )
-        from flows.cards import render_train_card
-
-        render_train_card(current.card["train"], plan=self.plan, result=self.train_result, node_index=node,
-                          history=train_launch.read_metrics_file(config.metrics_file),
-                          mlflow_run_id=self.mlflow_run_id)  # fmt: skip
+            current.torch.run(entrypoint=launch.TRAIN_ENTRYPOINT, entrypoint_args=job.entrypoint_args,
+                              torchrun_args=dict(launch.TORCHRUN_ARGS), nproc_per_node=task.rc.cluster.procs_per_node)  # fmt: skip
+        self.train_result = job.read_result() if self.node_index == 0 else None
+        self.export_uri = launch.publish_export(self.train_result["export_dir"], self.checkpoint_dir) if self.train_result else None  # fmt: skip
+        self._render_train_card(task, job)
         self.next(self.join)
+
+    def _render_train_card(self, task, job):
+        from flows.cards import render_train_card
+        from steps.train.launch import read_metrics_file
+
+        render_train_card(current.card["train"], title=f"{task.rc.config_type.name} ({task.rc.finetune})",
+                          result=self.train_result, node_index=self.node_index, mlflow_run_id=self.mlflow_run_id,
+                          history=read_metrics_file(job.config.metrics_file))  # fmt: skip
 
     @step
     def join(self, inputs):
@@ -261,97 +224,33 @@ class SFTFlow(FlowSpec):
     def evaluate(self):
         """Held-out metrics (validation loss, action-chunk errors, plots) and, for simulator config types,
         closed-loop success rates of the exported model, through the registered model's inference path."""
-        from steps.evaluate.export_eval import evaluate_export, sim_settings
-        from steps.fetch.run_inputs import default_cache_dir
-        from steps.train import launch as train_launch
-
-        workdir = default_cache_dir() / "runs" / self.lineage_id / "evaluate"
-        export_dir = train_launch.local_export(self.export_uri, workdir)
-        if self.plan.get("kind") == "text":  # causal LM: loss, perplexity, completions table (in MLflow)
-            from steps.text.flow_steps import evaluate_text_run
-
-            with _timed(self, "evaluate"):
-                result = evaluate_text_run(export_dir, self.plan, self.fetched, tracking_uri=self.tracking_uri,
-                                           run_id=self.mlflow_run_id,
-                                           device="cuda" if self.cluster.gpus_per_node else "cpu")  # fmt: skip
-            self.eval_metrics, self.eval_details = result.metrics, result.details
-            self.next(self.register)
-            return
-        sim_episodes, sim_max_steps = sim_settings(self.plan["demo"], self.sim_episodes, self.sim_max_steps)
-        with _timed(self, "evaluate"):
-            dataset_root = train_launch.node_dataset_root(self.plan, self.fetched)
-            result = evaluate_export(export_dir, dataset_root, self.fetched["val_episodes"],
-                                     max_samples=self.plan["eval_samples"], out_dir=workdir / "outputs",
-                                     device="cuda" if self.cluster.gpus_per_node else "cpu",
-                                     sim_episodes=sim_episodes, sim_max_steps=sim_max_steps,
-                                     sim_tasks=[t.strip() for t in self.sim_tasks.split(",")] if self.sim_tasks else None)  # fmt: skip
-        # Logged to MLflow by register, with the version's tags: this task then never imports MLflow
-        # (~3 s of import and store set-up). The plots and rollout media are a few MB.
-        self.eval_metrics = result.metrics
-        self.eval_files = {name: Path(path).read_bytes() for name, path in result.artifacts.items()}
-        self.eval_details = result.details
         from flows.cards import render_eval_card
+        from steps.tasks import task_for
 
-        render_eval_card(current.card["evaluate"], plan=self.plan, metrics=result.metrics, episodes=result.episodes,
-                         seconds=result.seconds, mlflow_run_id=self.mlflow_run_id,
-                         images=result.artifacts)  # fmt: skip
+        task = task_for(self.run_config)
+        with _timed(self, "evaluate"):
+            outcome = task.evaluate(self.export_uri, self.fetched, workdir=_run_dir(self) / "evaluate",
+                                    who=_identity(self))  # fmt: skip
+        self.eval_metrics, self.eval_details, self.eval_files = (
+            outcome.metrics,
+            outcome.details,
+            outcome.files,
+        )
+        if outcome.card is not None:
+            render_eval_card(current.card["evaluate"], title=task.rc.config_type.name,
+                             mlflow_run_id=self.mlflow_run_id, **outcome.card)  # fmt: skip
         self.next(self.register)
 
     @step
     def register(self):
         """Register the exported model (idempotent per lineage) with lineage tags; alias ``candidate``;
         close the MLflow run (here rather than in ``end``, which then needs no MLflow import)."""
-        from steps.fetch.run_inputs import default_cache_dir
-        from steps.registry import model_logging, register, tracking
-        from steps.train import launch as train_launch
+        from steps.tasks import task_for
 
-        export_dir = train_launch.local_export(
-            self.export_uri, default_cache_dir() / "runs" / self.lineage_id / "register"
-        )
-        tags = register.lineage_tags(
-            lineage_id=self.lineage_id, pathspec=f"{current.flow_name}/{current.run_id}",
-            origin_pathspec=f"{current.flow_name}/{current.origin_run_id}" if current.origin_run_id else None,
-            config_type=self.plan["config_type_name"], dataset=self.plan["dataset"],
-            dataset_revision=self.fetched.get("revision"), dataset_fingerprint=self.fetched.get("fingerprint"),
-            base_checkpoint=self.plan["pretrained"], finetune=self.plan["finetune"],
-            git_commit=tracking.git_commit(_ROOT),
-        )  # fmt: skip
-        if self.plan.get("kind") == "text":  # causal LM: registered as a pyfunc that generates text
-            from steps.text.flow_steps import register_text_run
-
-            with _timed(self, "register"):
-                self.model_version = register_text_run(
-                    export_dir, default_cache_dir() / "runs" / self.lineage_id / "register",
-                    tracking_uri=self.tracking_uri, run_id=self.mlflow_run_id, lineage_id=self.lineage_id, tags=tags,
-                    name=self.model_name or register.model_name_for(self.plan["config_type"]),
-                    metrics=self.eval_metrics, final_step=self.train_result["final_step"],
-                    run_tags={tracking.PATHSPEC_TAG: f"{current.flow_name}/{current.run_id}",
-                              "metaflow.origin_run_id": current.origin_run_id or ""},
-                )  # fmt: skip
-            self.next(self.end)
-            return
         with _timed(self, "register"):
-            model_logging.write_model_card(export_dir, metrics=self.eval_metrics, lineage=tags)
-            version = register.register_model(
-                self.tracking_uri, name=self.model_name or register.model_name_for(self.plan["config_type"]),
-                model_dir=export_dir, run_id=self.mlflow_run_id, lineage_id=self.lineage_id, tags=tags,
-                metrics=self.eval_metrics,
-                log_model=lambda: model_logging.log_policy_model(
-                    export_dir, run_id=self.mlflow_run_id, tracking_uri=self.tracking_uri).model_uri,
-            )  # fmt: skip
-            tracking.log_metrics(self.tracking_uri, self.mlflow_run_id,
-                                 {f"eval/{k}": v for k, v in self.eval_metrics.items()},
-                                 step=self.train_result["final_step"])  # fmt: skip
-            tracking.log_file_contents(
-                self.tracking_uri, self.mlflow_run_id, self.eval_files, artifact_path="eval"
-            )
-            # The MLflow run points at the Metaflow run that finished it (a resume is a new Metaflow run).
-            tracking.set_tags(self.tracking_uri, self.mlflow_run_id,
-                              {tracking.PATHSPEC_TAG: f"{current.flow_name}/{current.run_id}",
-                               "metaflow.origin_run_id": current.origin_run_id or ""})  # fmt: skip
-            tracking.finish_run(self.tracking_uri, self.mlflow_run_id)
-        self.model_version = {"name": version.name, "version": version.version, "source": version.source,
-                              "alias": version.alias, "created": version.created}  # fmt: skip
+            self.model_version = task_for(self.run_config).register(
+                self.export_uri, self.fetched, workdir=_run_dir(self) / "register", who=_identity(self),
+                metrics=self.eval_metrics, files=self.eval_files, final_step=self.train_result["final_step"])  # fmt: skip
         self.next(self.end)
 
     @step
@@ -361,6 +260,23 @@ class SFTFlow(FlowSpec):
         print(f"model {mv['name']} version {mv['version']} (alias {mv['alias']}) · MLflow run {self.mlflow_run_id}\n"
               f"metrics {json.dumps(self.eval_metrics)}\n"
               f"browse: mlflow ui --backend-store-uri {self.tracking_uri}")  # fmt: skip
+
+
+def _run_dir(flow) -> Path:
+    """This lineage's working folder on this machine (node inputs, stats, evaluation outputs)."""
+    from steps.cache import default_cache_root
+
+    return default_cache_root() / "runs" / flow.lineage_id
+
+
+def _identity(flow):
+    """Where this run is recorded (MLflow run, lineage, Metaflow pathspecs), for the task's steps."""
+    from steps.tasks import RunIdentity
+
+    origin = f"{current.flow_name}/{current.origin_run_id}" if current.origin_run_id else None
+    return RunIdentity(lineage_id=flow.lineage_id, mlflow_run_id=flow.mlflow_run_id, tracking_uri=flow.tracking_uri,
+                       pathspec=f"{current.flow_name}/{current.run_id}", origin_pathspec=origin,
+                       git_commit=flow.git_commit)  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from steps.evaluate.export_eval import check_sim_options, evaluate_export, sim_settings, sim_tasks_for
+from steps.evaluate.export_eval import evaluate_export, sim_tasks_for
+from steps.evaluate.settings import check_sim_tasks, sim_settings
 from steps.sim.metaworld.demonstrations import DEMO_DATASET
 from tests.policy_helpers import make_tiny_export
 
@@ -45,7 +46,7 @@ def test_sim_settings_and_validation():
     ):
         sim_settings(True, -1, None)
     with pytest.raises(ValueError, match=r"--sim_tasks: tasks: unknown Meta-World environment 'reach-v9'"):
-        check_sim_options(False, None, None, "reach-v3, reach-v9")
+        check_sim_tasks("reach-v3, reach-v9")
     assert sim_tasks_for(DEMO_DATASET, None) == ["reach-v3", "button-press-v3", "drawer-close-v3"]
     assert sim_tasks_for(DEMO_DATASET, ["push-v3"]) == ["push-v3"]
 

@@ -67,7 +67,7 @@ def inspect_run(root: Path, run_id: str | None = None) -> dict:
         data = run["end"].task.data if run.successful else None
         if data is not None:
             out.update(lineage_id=data.lineage_id, mlflow_run_id=data.mlflow_run_id, model_version=data.model_version,
-                       train_result=data.train_result, eval_metrics=data.eval_metrics, plan=data.plan)
+                       train_result=data.train_result, eval_metrics=data.eval_metrics, run_config=data.run_config)
         print("INSPECT" + json.dumps(out))
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=root, env=flow_env(root), capture_output=True,
@@ -134,12 +134,10 @@ def test_validate_run_inputs_rejects_dataset_of_another_schema(tmp_path):
         validate_run_inputs(
             config_type="pi05_metaworld", dataset=str(root), tracking_uri=f"sqlite:///{tmp_path}/m.db"
         )
-    plan = validate_run_inputs(
+    rc = validate_run_inputs(
         config_type="pi0_libero", dataset=str(root), tracking_uri=f"sqlite:///{tmp_path}/m.db"
     )
-    assert (
-        plan.dataset_kind == "local" and plan.dataset == str(root.resolve()) and plan.model_variant == "real"
-    )
+    assert (rc.data.dataset_kind, rc.data.dataset, rc.model.variant) == ("local", str(root.resolve()), "real")
 
 
 def test_unreachable_mlflow_fails_fast():
@@ -162,14 +160,27 @@ def test_tracking_uri_resolution(tmp_path, monkeypatch):
         tracking.check_reachable(f"sqlite:///{tmp_path}/missing/mlflow.db")
 
 
-def test_demo_plan_defaults(tmp_path):
-    plan = validate_run_inputs(
+def test_demo_run_config_defaults_and_round_trip(tmp_path):
+    from data_adapters.registry import get_config_type
+    from steps.config.run_config import RunConfig
+
+    rc = validate_run_inputs(
         config_type="pi05_metaworld", demo=True, tracking_uri=f"sqlite:///{tmp_path}/m.db"
     )
     assert (
-        plan.dataset_kind == "demo" and plan.model_variant == "tiny" and plan.max_steps and plan.global_batch
+        rc.data.dataset_kind == "demo"
+        and rc.model.variant == "tiny"
+        and rc.train.max_steps
+        and rc.train.global_batch
     )
-    assert plan.lora_rank is None and plan.finetune == "full"
+    assert (
+        rc.lora is None
+        and rc.finetune == "full"
+        and rc.eval.sim_episodes == 2
+        and rc.data.tokenizer == "tiny"
+    )
+    assert rc.config_type == get_config_type("pi05_metaworld") and rc.model_name == "pi05_metaworld"
+    assert RunConfig.from_dict(json.loads(json.dumps(rc.to_dict()))) == rc
 
 
 def test_bad_cli_input_fails_in_start_within_seconds(tmp_path):
@@ -317,7 +328,7 @@ def _mlflow_checks(root: Path, info: dict, *, expect_world_size: int) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.tags["vla_sft.lineage_id"] == info["lineage_id"]
     assert run.data.tags["metaflow.pathspec"] == f"SFTFlow/{info['id']}"
-    assert run.data.params["plan.config_type"] == "pi05_metaworld"
+    assert run.data.params["data.config_type"] == "pi05_metaworld"
     assert run.data.params["world_size"] == str(expect_world_size)
     assert "train/loss" in run.data.metrics and "eval/val_loss" in run.data.metrics
     history = client.get_metric_history(run.info.run_id, "train/loss")
@@ -370,7 +381,7 @@ def test_demo_flow_end_to_end_on_two_local_nodes_with_a_preemption(tmp_path):
     assert info["attempts"]["train"] == 1  # attempt 0 was killed, attempt 1 finished
     assert info["train_result"]["world_size"] == 2
     assert info["train_result"]["resumed_from"] == 6
-    assert info["train_result"]["final_step"] == info["plan"]["max_steps"] == 12
+    assert info["train_result"]["final_step"] == info["run_config"]["train"]["max_steps"] == 12
     assert f"mlflow_run_id:{info['mlflow_run_id']}" in info["tags"]
     _mlflow_checks(tmp_path, info, expect_world_size=2)
     # The demo reports a success rate from real Meta-World rollouts (3 tasks x 1 episode here).
@@ -396,8 +407,31 @@ def test_failure_in_train_then_resume_continues_from_checkpoint(tmp_path):
     assert info["id"] != first["id"] and info["successful"]
     assert info["lineage_id"] == f"SFTFlow-{first['id']}"
     assert info["train_result"]["resumed_from"] == 6
-    assert info["train_result"]["final_step"] == info["plan"]["max_steps"]
+    assert info["train_result"]["final_step"] == info["run_config"]["train"]["max_steps"]
     _mlflow_checks(tmp_path, info, expect_world_size=1)
+
+
+@pytest.mark.slow
+def test_custom_yaml_config_type_needs_no_file_after_start(tmp_path):
+    """The config type is resolved once in start: with the YAML deleted, a resumed run still trains,
+    evaluates and registers (a remote node never has the file either)."""
+    yaml_path = tmp_path / "configs" / "my_robot.yaml"
+    yaml_path.parent.mkdir(parents=True)
+    yaml_path.write_text("extends: pi0_libero\nname: my_robot\naction_horizon: 4\n")
+    args = ["run", "--config_type", str(yaml_path), "--demo", "--max_steps", "4"]
+    cluster = ["--config-value", "cluster", '{"retries": 0}']
+    failed = run_flow(tmp_path, *cluster, *args, env=flow_env(tmp_path, VLA_SFT_FAIL_AFTER_STEP="2"))
+    assert failed.returncode != 0
+    first = inspect_run(tmp_path)
+    assert first["steps"]["start"] and first["steps"].get("train") is False
+    yaml_path.unlink()
+    resumed = run_flow(tmp_path, "resume", "--origin-run-id", first["id"])
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
+    info = inspect_run(tmp_path)
+    assert info["successful"] and info["train_result"]["resumed_from"] == 2
+    assert info["run_config"]["data"]["config_type"]["name"] == "my_robot"
+    assert info["run_config"]["data"]["config_type"]["action_horizon"] == 4
+    assert info["model_version"]["name"] == "my_robot"
 
 
 # --- flow plumbing (fast) ------------------------------------------------------------------------------
@@ -422,19 +456,19 @@ def test_cluster_config_defaults_and_errors():
 def test_train_config_from_plan_with_options_and_fault_injection(tmp_path, monkeypatch):
     from steps.train import launch as train_launch
 
-    plan = validate_run_inputs(config_type="pi05_metaworld", demo=True, lora=True, lora_rank=8,
-                               tracking_uri=f"sqlite:///{tmp_path}/m.db").to_dict()  # fmt: skip
+    rc = validate_run_inputs(config_type="pi05_metaworld", demo=True, lora=True, lora_rank=8,
+                             train_options={"seed": 3}, tracking_uri=f"sqlite:///{tmp_path}/m.db")  # fmt: skip
     inputs = train_launch.NodeInputs("/data", "/ns.json", "/tok.model")
     kwargs = dict(train_episodes=[0, 1], val_episodes=[2], checkpoint_dir="s3://bucket/ckpt/L1",
                   export_dir="/tmp/export", metrics_file=None, tracking_uri=None)  # fmt: skip
     monkeypatch.delenv(train_launch.FAULT_ENV, raising=False)
-    config = train_launch.build_train_config(plan, inputs, options={"seed": 3}, **kwargs)
+    config = train_launch.build_train_config(rc, inputs, **kwargs)
     assert config.model_variant == "tiny" and config.lora.rank == 8 and config.seed == 3
-    assert config.max_steps == plan["max_steps"] and config.fail_after_step is None and not config.mlflow
+    assert config.max_steps == rc.train.max_steps and config.fail_after_step is None and not config.mlflow
     monkeypatch.setenv(train_launch.FAULT_ENV, "4")
-    assert train_launch.build_train_config(plan, inputs, **kwargs).fail_after_step == 4
+    assert train_launch.build_train_config(rc, inputs, **kwargs).fail_after_step == 4
     pinned = train_launch.NodeInputs("/data", "/ns.json", "/tok.model", dataset_revision="c" * 40)
-    assert train_launch.build_train_config(plan, pinned, **kwargs).dataset_revision == "c" * 40
+    assert train_launch.build_train_config(rc, pinned, **kwargs).dataset_revision == "c" * 40
     assert train_launch.export_dir_for("s3://bucket/ckpt/L1", tmp_path) == str(tmp_path / "export")
     assert train_launch.export_dir_for("/ckpt/L1", tmp_path) == "/ckpt/L1/export"
     with pytest.raises(ValueError, match=r"--train_options: unknown TrainConfig field\(s\) \['sed'\]"):

@@ -114,8 +114,8 @@ def test_a_replaced_or_cut_object_leaves_no_snapshot(s3_env, bucket, metaworld_d
 def test_start_checks_an_s3_dataset_in_seconds(s3_env, bucket, metaworld_ds, tmp_path, monkeypatch):
     upload_folder(s3_env, bucket, "mw", metaworld_ds)
     common = dict(check_tracking=False, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    plan = validate_run_inputs(config_type="pi05_metaworld", dataset=f"s3://{bucket}/mw", **common)
-    assert (plan.dataset_kind, plan.dataset) == ("s3", f"s3://{bucket}/mw")
+    rc = validate_run_inputs(config_type="pi05_metaworld", dataset=f"s3://{bucket}/mw", **common)
+    assert (rc.data.dataset_kind, rc.data.dataset) == ("s3", f"s3://{bucket}/mw")
     # The right bytes, the wrong config type: named by key before any download.
     with pytest.raises(InputError, match="--dataset: .*observation"):
         validate_run_inputs(config_type="pi0_libero", dataset=f"s3://{bucket}/mw", **common)
@@ -138,15 +138,15 @@ def test_a_remote_node_fetches_the_pinned_snapshot_again(s3_env, bucket, metawor
     uri = f"s3://{bucket}/mw"
     monkeypatch.setenv("VLA_SFT_CACHE", str(tmp_path / "node-cache"))
     seen = fetch_dataset("pi05_metaworld", dataset=uri, s3_cache_dir=tmp_path / "fetch-node")
-    plan = {"config_type": "pi05_metaworld", "dataset_kind": "s3", "dataset": uri, "dataset_revision": None,
-            "eval_episodes": 2}  # fmt: skip
+    rc = validate_run_inputs(config_type="pi05_metaworld", dataset=uri, check_tracking=False, check_remote=False,
+                             tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # fmt: skip
     # fetch_data ran on another machine: its folder is not here.
     fetched = {**seen.to_dict(), "path": str(tmp_path / "elsewhere" / "ds")}
-    root = node_dataset_root(plan, fetched)
+    root = node_dataset_root(rc, fetched)
     assert root.startswith(str(tmp_path / "node-cache")) and fingerprint(root) == seen.fingerprint
     s3_env.put_object(Bucket=bucket, Key="mw/meta/extra.txt", Body=b"changed after fetch_data")
     with pytest.raises(ValueError, match="changed since revision"):
-        node_dataset_root(plan, {**fetched, "path": str(tmp_path / "gone")})
+        node_dataset_root(rc, {**fetched, "path": str(tmp_path / "gone")})
 
 
 def test_export_round_trip_through_s3(s3_env, bucket, tmp_path):

@@ -35,12 +35,14 @@ def assets(tmp_path_factory):
 
 
 def test_text_plan_resolves_model_dataset_and_keeps_real_variant(assets, tmp_path):
-    plan = validate_run_inputs(config_type=str(assets["yaml"]), demo=True, lora=True, lora_rank=4,
-                               tracking_uri=f"sqlite:///{tmp_path}/m.db")  # fmt: skip
-    assert plan.kind == "text" and plan.model_type == "causal_lm"
-    assert plan.pretrained == str(assets["model"].resolve()) and plan.dataset == str(assets["data"].resolve())
-    assert plan.dataset_kind == "local" and plan.model_variant == "real" and plan.lora_rank == 4
-    assert plan.max_steps and plan.global_batch and plan.tokenizer is None
+    rc = validate_run_inputs(config_type=str(assets["yaml"]), demo=True, lora=True, lora_rank=4,
+                             tracking_uri=f"sqlite:///{tmp_path}/m.db")  # fmt: skip
+    assert rc.kind == "text" and rc.model.type == "causal_lm"
+    assert rc.model.pretrained == str(assets["model"].resolve()) and rc.data.dataset == str(
+        assets["data"].resolve()
+    )
+    assert rc.data.dataset_kind == "local" and rc.model.variant == "real" and rc.lora.rank == 4
+    assert rc.train.max_steps and rc.train.global_batch and rc.data.tokenizer is None
 
 
 @pytest.mark.parametrize(
@@ -103,7 +105,7 @@ def test_text_demo_flow_end_to_end_registers_a_generating_model(assets, tmp_path
     assert info["successful"] and all(info["steps"].values()), info["steps"]
     assert set(info["steps"]) >= {"start", "fetch_data", "compute_norm_stats", "train", "join", "evaluate",
                                   "register", "end"}  # fmt: skip
-    assert info["plan"]["kind"] == "text" and info["plan"]["finetune"] == "lora"
+    assert info["run_config"]["kind"] == "text" and info["run_config"]["lora"]["rank"] == 4
     assert info["train_result"]["final_step"] == 8
     m = info["eval_metrics"]
     assert m["val_samples"] == 6 and m["perplexity"] == pytest.approx(math.exp(m["val_loss"]))
@@ -112,7 +114,7 @@ def test_text_demo_flow_end_to_end_registers_a_generating_model(assets, tmp_path
     client = MlflowClient(uri)
     run = client.get_run(info["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["plan.kind"] == "text" and run.data.params["plan.lora_rank"] == "4"
+    assert run.data.params["kind"] == "text" and run.data.params["lora.rank"] == "4"
     metrics = run.data.metrics
     assert metrics["eval/val_loss"] == pytest.approx(m["val_loss"]) and "eval/perplexity" in metrics
     assert metrics["data/count"] == 18 and metrics["data/label_tokens_total"] > 0  # 24 rows, 6 held out

@@ -174,18 +174,22 @@ def test_a_hub_dataset_revision_reaches_every_reader(text_assets, tmp_path, monk
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     old, ct = "b" * 40, text_assets["ct"]
-    plan = {"config_type": str(text_assets["yaml"]), "dataset": "someone/chat", "dataset_revision": old,
-            "dataset_kind": "hub"}  # fmt: skip
-    fetched = fetch_text_dataset(plan)
+    from steps.config.validate import validate_run_inputs
+
+    def run_config(revision):
+        return validate_run_inputs(config_type=str(text_assets["yaml"]), dataset="someone/chat",
+                                   dataset_revision=revision, check_tracking=False, check_remote=False,
+                                   tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # fmt: skip
+
+    fetched = fetch_text_dataset(run_config(old))
     assert (fetched.num_rows, fetched.revision) == (12, old)
     # A branch (or the default) is pinned to the commit it points at now; training gets that commit.
     for revision in (None, "main"):
-        on_main = fetch_text_dataset({**plan, "dataset_revision": revision})
+        on_main = fetch_text_dataset(run_config(revision))
         assert (on_main.num_rows, on_main.revision) == (24, "a" * 40)
-    from steps.train import launch as train_launch
+    from steps.tasks import task_for
 
-    text_plan = {**plan, "kind": "text", "dataset_revision": "main"}
-    inputs = train_launch.prepare_node_inputs(text_plan, on_main.to_dict(), {}, b"", tmp_path / "node")
+    inputs = task_for(run_config("main")).node_inputs(on_main.to_dict(), {}, b"", tmp_path / "node")
     assert (inputs.dataset_root, inputs.dataset_revision) == ("someone/chat", "a" * 40)
     stats = compute_text_stats(ct, "someone/chat", None, out_path=tmp_path / "s.json", revision=old)
     assert stats["text_stats"]["count"] == 12

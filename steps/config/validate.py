@@ -1,9 +1,10 @@
 """Everything the flow's ``start`` step can check in seconds, before any heavy work.
 
-``validate_run_inputs`` takes the command-line values as given and returns a ``RunPlan``: the
-resolved choices every later step reads (config type, dataset and where it lives, batch, steps,
-learning rate, LoRA, cluster shape, tracking URI). Each problem raises ``InputError`` with one line
-that names the option and the bad value, so the user fixes it without reading a traceback.
+``validate_run_inputs`` takes the command-line values as given and returns the ``RunConfig``
+(``steps.config.run_config``) every later step reads: the config type resolved once, the dataset and
+where it lives, batch, steps, learning rate, LoRA, evaluation, cluster shape, tracking URI. Each problem
+raises ``InputError`` with one line that names the option and the bad value, so the user fixes it
+without reading a traceback.
 
 Checked: config type (name or YAML), numeric overrides, LoRA rank, pretrained path, dataset
 (a local folder must exist and match the config type's schema; ``metaworld://`` URIs must parse;
@@ -13,13 +14,24 @@ No torch, no mlflow import: this runs in the first seconds of a run.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from model_zoo.lora_settings import LoraSettings
+from steps.config.run_config import (
+    ClusterSection,
+    DataSection,
+    EvalSection,
+    ModelSection,
+    RunConfig,
+    TrainSection,
+)
+from steps.evaluate.settings import check_sim_tasks, sim_settings
+from steps.fetch.run_inputs import PALIGEMMA_TOKENIZER_URL, TINY_TOKENIZER, check_tokenizer_spec
+from steps.train.launch import check_train_options
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DEMO_DATASET = "demo://synthetic"  # the --demo default: a small generated dataset in the config type's schema
@@ -30,43 +42,6 @@ DEFAULT_EVAL_SAMPLES = 256
 
 class InputError(ValueError):
     """A command-line value that cannot work; the message is one line naming the option."""
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """The validated, resolved choices of one run (stored as a flow artifact, as a dict)."""
-
-    config_type: str  # as given: a built-in name or a YAML path (made absolute)
-    config_type_name: str
-    model_type: str
-    dataset: str  # local path (absolute), Hub id, s3:// or metaworld:// URI, or DEMO_DATASET
-    dataset_kind: str  # "local" | "hub" | "s3" | "metaworld" | "demo"
-    dataset_revision: str | None
-    max_steps: int | None  # None: the config type's preset
-    global_batch: int | None
-    peak_lr: float | None
-    lora_rank: int | None  # None: full fine-tuning
-    pretrained: str | None
-    eval_episodes: int
-    eval_samples: int
-    demo: bool
-    nodes: int
-    procs_per_node: int
-    tracking_uri: str
-    model_variant: str
-    kind: str = "vla"  # "vla" | "text" (the config type's kind)
-    tokenizer: str | None = None  # text: a tokenizer folder / Hub id (None: the model's own)
-
-    @property
-    def world_size(self) -> int:
-        return self.nodes * self.procs_per_node
-
-    @property
-    def finetune(self) -> str:
-        return "full" if self.lora_rank is None else "lora"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _positive(name: str, value: Any, kind=int) -> None:
@@ -198,13 +173,20 @@ def validate_run_inputs(
     demo: bool = False,
     nodes: int = 1,
     procs_per_node: int = 1,
+    gpus_per_node: int = 0,
     tracking_uri: str | None = None,
     check_tracking: bool = True,
     check_remote: bool = True,
     remote: bool = False,
     tokenizer: str | None = None,
-) -> RunPlan:
-    """Validate the run's command-line values; return the resolved plan or raise InputError."""
+    train_options: dict | None = None,
+    sim_episodes: int | None = None,
+    sim_max_steps: int | None = None,
+    sim_tasks: str | None = None,
+    experiment: str = "vla-sft",
+    model_name: str | None = None,
+) -> RunConfig:
+    """Validate the run's command-line values; return the resolved run config or raise InputError."""
     from data_adapters.config_types import require_dataset
     from data_adapters.registry import get_config_type
     from steps.registry import tracking
@@ -215,8 +197,6 @@ def validate_run_inputs(
         ct = get_config_type(config_type)
     except (ValueError, OSError) as exc:
         raise InputError(f"--config_type: {_one_line(exc)}") from None
-    if config_type.lower().endswith((".yaml", ".yml")):
-        config_type = str(Path(config_type).expanduser().resolve())
     is_text = getattr(ct, "kind", None) == "text"
 
     _positive("max_steps", max_steps)
@@ -294,28 +274,47 @@ def validate_run_inputs(
         except tracking.TrackingError as exc:
             raise InputError(f"MLFLOW_TRACKING_URI: {exc}") from None
 
-    return RunPlan(
-        config_type=config_type,
-        config_type_name=ct.name,
-        model_type=ct.model_type,
-        dataset=dataset,
-        dataset_kind=kind,
-        dataset_revision=dataset_revision,
-        max_steps=max_steps,
-        global_batch=global_batch,
-        peak_lr=float(learning_rate) if learning_rate is not None else None,
-        lora_rank=lora_rank if lora else None,
-        pretrained=pretrained,
-        eval_episodes=eval_episodes,
-        eval_samples=eval_samples or DEFAULT_EVAL_SAMPLES,
-        demo=demo,
-        nodes=nodes,
-        procs_per_node=procs_per_node,
-        tracking_uri=uri,
-        # Text: the model is --pretrained or the config type's, also with --demo.
-        model_variant="tiny" if demo and not is_text else "real",
+    try:
+        check_train_options(train_options)
+        if not is_text:
+            tokenizer = tokenizer or (TINY_TOKENIZER if demo else PALIGEMMA_TOKENIZER_URL)
+            check_tokenizer_spec(tokenizer)
+        episodes, steps = sim_settings(demo, sim_episodes, sim_max_steps)
+        tasks = check_sim_tasks(sim_tasks)
+    except ValueError as exc:
+        raise InputError(_one_line(exc)) from None
+    return RunConfig(
         kind="text" if is_text else "vla",
-        tokenizer=tokenizer if is_text else None,
+        demo=demo,
+        tracking_uri=uri,
+        experiment=experiment,
+        model_name=model_name or ct.name,
+        # Text: the model is --pretrained or the config type's, also with --demo.
+        model=ModelSection(
+            type=ct.model_type, variant="tiny" if demo and not is_text else "real", pretrained=pretrained
+        ),  # fmt: skip
+        data=DataSection(
+            config_type=ct,
+            dataset=dataset,
+            dataset_kind=kind,
+            dataset_revision=dataset_revision,
+            tokenizer=tokenizer,
+        ),  # fmt: skip
+        train=TrainSection(
+            max_steps=max_steps,
+            global_batch=global_batch,
+            peak_lr=float(learning_rate) if learning_rate is not None else None,
+            options=dict(train_options or {}),
+        ),  # fmt: skip
+        lora=LoraSettings(rank=lora_rank) if lora else None,
+        eval=EvalSection(
+            episodes=eval_episodes,
+            samples=eval_samples or DEFAULT_EVAL_SAMPLES,
+            sim_episodes=episodes,
+            sim_max_steps=steps,
+            sim_tasks=tasks,
+        ),  # fmt: skip
+        cluster=ClusterSection(nodes=nodes, procs_per_node=procs_per_node, gpus_per_node=gpus_per_node),
     )
 
 

@@ -139,18 +139,12 @@ def synthetic_demo_dataset(cfg, cache_dir: str | os.PathLike | None = None) -> P
     return root
 
 
-def fetch_run_dataset(plan: dict, cache_dir: str | os.PathLike | None = None):
-    """``steps.fetch.dataset.fetch_dataset`` for a run plan: the demo dataset, a generated ``metaworld://``
-    dataset, a Hub id or a local folder, with ``plan["eval_episodes"]`` episodes held out."""
-    from data_adapters.registry import get_config_type
+def fetch_run_dataset(rc, cache_dir: str | os.PathLike | None = None):
+    """``steps.fetch.dataset.fetch_dataset`` for a run config: the demo dataset, a generated ``metaworld://``
+    dataset, a Hub id, an S3 prefix or a local folder, with ``rc.eval.episodes`` episodes held out."""
     from steps.fetch.dataset import fetch_dataset
 
-    if plan.get("kind") == "text":  # rows of a jsonl / parquet file or a Hub dataset, split by row
-        from steps.text.flow_steps import fetch_text_dataset
-
-        return fetch_text_dataset(plan)
-    cfg = get_config_type(plan["config_type"])
-    kind, dataset = plan["dataset_kind"], plan["dataset"]
+    cfg, kind, dataset = rc.config_type, rc.data.dataset_kind, rc.data.dataset
     if kind == "demo":
         dataset = str(demo_dataset(cfg, cache_dir))
     elif kind == "metaworld":
@@ -158,7 +152,7 @@ def fetch_run_dataset(plan: dict, cache_dir: str | os.PathLike | None = None):
 
         dataset = str(fetch_metaworld(dataset))
     return fetch_dataset(
-        cfg, dataset=dataset, revision=plan["dataset_revision"], val_episodes=plan["eval_episodes"]
+        cfg, dataset=dataset, revision=rc.data.dataset_revision, val_episodes=rc.eval.episodes
     )
 
 

@@ -16,10 +16,12 @@ leaves an empty registered model behind, DESIGN.md section 6). ``mlflow`` is imp
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from steps.registry.tracking import LINEAGE_TAG, configure_mlflow_env
 
@@ -36,11 +38,27 @@ class RegisteredVersion:
     created: bool  # False: an existing version of the same run/lineage was returned
     alias: str | None
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
-def model_name_for(config_type: str) -> str:
-    """Default registered-model name: the config type's name (a YAML's file stem)."""
-    name = Path(config_type).stem if config_type.lower().endswith((".yaml", ".yml")) else config_type
-    return name
+
+def close_run(who, *, metrics: Mapping[str, float], files: Mapping[str, bytes], final_step: int) -> None:
+    """Log the evaluation (metrics at the final training step, files under ``eval/``), point the MLflow
+    run at the Metaflow run that finished it (a resume is a new Metaflow run), and mark it FINISHED.
+
+    ``who``: the run's ``steps.tasks.RunIdentity``.
+    """
+    from steps.registry import tracking
+
+    uri, run_id = who.tracking_uri, who.mlflow_run_id
+    tracking.log_metrics(uri, run_id, {f"eval/{k}": v for k, v in metrics.items()}, step=final_step)
+    if files:
+        tracking.log_file_contents(uri, run_id, dict(files), artifact_path="eval")
+    origin_run_id = who.origin_pathspec.rsplit("/", 1)[-1] if who.origin_pathspec else ""
+    tracking.set_tags(
+        uri, run_id, {tracking.PATHSPEC_TAG: who.pathspec, "metaflow.origin_run_id": origin_run_id}
+    )
+    tracking.finish_run(uri, run_id)
 
 
 def lineage_tags(

@@ -192,6 +192,22 @@ def get_or_create_run(
     return run.info.run_id, True
 
 
+def start_run_tracking(
+    run_config, lineage_id: str, *, run_name: str, pathspec: str, metaflow_run_id: str, git_commit: str | None
+) -> str:
+    """The lineage's MLflow run (created, or reused on resume) with the run config logged as params; its id.
+
+    ``run_config``: the run's ``steps.config.run_config.RunConfig``.
+    """
+    run_id, _ = get_or_create_run(
+        run_config.tracking_uri, run_config.experiment, lineage_id, run_name=run_name,
+        tags={PATHSPEC_TAG: pathspec, METAFLOW_RUN_TAG: metaflow_run_id, "config_type": run_config.config_type.name,
+              "git_commit": git_commit or "unknown"},
+    )  # fmt: skip
+    log_params(run_config.tracking_uri, run_id, run_config.flat_params())
+    return run_id
+
+
 def set_tags(uri: str, run_id: str, tags: Mapping[str, object]) -> None:
     from mlflow.tracking import MlflowClient
 

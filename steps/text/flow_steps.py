@@ -1,6 +1,6 @@
 """The flow's steps for a text config type (``text_sft`` or a YAML with ``kind: text``).
 
-``flows/sft_flow.py`` runs the same steps for a causal LM as for pi0 / pi0.5; where a step differs it
+The flow runs the same steps for a causal LM as for pi0 / pi0.5; where a step differs, the text task
 calls one function here:
 
 - start: ``check_text_inputs`` (model, dataset and tokenizer exist; the dataset's first rows have the
@@ -9,6 +9,8 @@ calls one function here:
 - compute_norm_stats: ``compute_text_run_stats`` (token-length statistics, logged to MLflow);
 - evaluate: ``evaluate_text_run`` (validation loss, perplexity, completions table in MLflow);
 - register: ``text_registry_folder`` (the export as a generating MLflow pyfunc).
+
+``steps.tasks.text.TextTask`` calls them.
 
 For text, the ``episodes`` of the generic artifacts are row indices.
 """
@@ -27,10 +29,6 @@ from typing import Any
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _PEEK_ROWS = 50  # rows of a local file checked in start (the rest are checked when tokenized)
 SPLIT_SEED = 0
-
-
-def is_text_plan(plan: dict) -> bool:
-    return plan.get("kind") == "text"
 
 
 def _looks_local(value: str) -> bool:
@@ -138,20 +136,19 @@ class TextFetchResult:
         return dataclasses.asdict(self)
 
 
-def fetch_text_dataset(plan: dict) -> TextFetchResult:
-    """All rows of the dataset, split deterministically into train / validation row indices."""
-    from data_adapters.registry import get_config_type
+def fetch_text_dataset(rc) -> TextFetchResult:
+    """All rows of the run config's dataset, split deterministically into train / validation row indices."""
     from steps.text import data as text_data
 
-    ct = get_config_type(plan["config_type"])
+    ct, data = rc.config_type, rc.data
     # A Hub branch or tag is pinned to the commit read here: stats, training and evaluation read that commit
     # (and lineage records it), even if the branch moves during the run.
-    path, commit = text_data.locate(plan["dataset"], revision=plan["dataset_revision"] or ct.dataset_revision)
-    rows = text_data.read_rows(path, plan["dataset"])
-    text_data.row_format(rows, plan["dataset"])
+    path, commit = text_data.locate(data.dataset, revision=data.dataset_revision or ct.dataset_revision)
+    rows = text_data.read_rows(path, data.dataset)
+    text_data.row_format(rows, data.dataset)
     train, val = text_data.split_rows(len(rows), ct.val_fraction, SPLIT_SEED)
-    return TextFetchResult(path=plan["dataset"], train_episodes=train, val_episodes=val, dataset_id=plan["dataset"],
-                           revision=commit, source=plan["dataset_kind"], fingerprint=_rows_fingerprint(rows),
+    return TextFetchResult(path=data.dataset, train_episodes=train, val_episodes=val, dataset_id=data.dataset,
+                           revision=commit, source=data.dataset_kind, fingerprint=_rows_fingerprint(rows),
                            num_rows=len(rows))  # fmt: skip
 
 
@@ -163,15 +160,14 @@ def _rows_fingerprint(rows: list) -> str:
 
 
 def compute_text_run_stats(
-    plan: dict, fetched: dict, *, out_path: str | os.PathLike, tracking_uri: str, run_id: str
+    rc, fetched: dict, *, out_path: str | os.PathLike, tracking_uri: str, run_id: str
 ) -> dict:
     """Token-length statistics of the training rows, written to ``out_path`` and logged to MLflow."""
-    from data_adapters.registry import get_config_type
     from steps.registry import tracking
     from steps.text.stats import compute_text_stats
 
-    ct = get_config_type(plan["config_type"])
-    tokenizer = plan.get("tokenizer") or ct.tokenizer or plan.get("pretrained") or ct.model
+    ct = rc.config_type
+    tokenizer = rc.data.tokenizer or ct.tokenizer or rc.model.pretrained or ct.model
     data = compute_text_stats(
         ct,
         fetched["path"],
@@ -188,13 +184,13 @@ def compute_text_run_stats(
 
 
 def evaluate_text_run(
-    export_dir: str, plan: dict, fetched: dict, *, tracking_uri: str, run_id: str, device: str = "cpu"
+    export_dir: str, rc, fetched: dict, *, tracking_uri: str, run_id: str, device: str = "cpu"
 ):
     """Validation loss / perplexity of the export on the held-out rows; completions logged as a table."""
     from steps.text.evaluate import evaluate_text_export, log_completions
 
     result = evaluate_text_export(export_dir, fetched["path"], fetched["val_episodes"], revision=fetched["revision"],
-                                  max_samples=plan["eval_samples"], device=device)  # fmt: skip
+                                  max_samples=rc.eval.samples, device=device)  # fmt: skip
     log_completions(tracking_uri, run_id, result.details["completions"])
     return result
 
@@ -204,28 +200,3 @@ def text_registry_folder(export_dir: str, workdir: str | os.PathLike) -> str:
     from steps.text.model_logging import save_text_pyfunc
 
     return str(save_text_pyfunc(export_dir, Path(workdir) / "pyfunc"))
-
-
-def register_text_run(
-    export_dir: str,
-    workdir: str | os.PathLike,
-    *,
-    tracking_uri: str,
-    run_id: str,
-    name: str,
-    lineage_id: str,
-    tags: dict[str, str],
-    metrics: dict[str, float],
-    final_step: int,
-    run_tags: dict[str, str],
-) -> dict[str, Any]:
-    """Register the generating pyfunc (alias ``candidate``), log the eval metrics, close the MLflow run."""
-    from steps.registry import register, tracking
-
-    version = register.register_model(tracking_uri, name=name, model_dir=text_registry_folder(export_dir, workdir),
-                                      run_id=run_id, lineage_id=lineage_id, tags=tags, metrics=metrics)  # fmt: skip
-    tracking.log_metrics(tracking_uri, run_id, {f"eval/{k}": v for k, v in metrics.items()}, step=final_step)
-    tracking.set_tags(tracking_uri, run_id, run_tags)
-    tracking.finish_run(tracking_uri, run_id)
-    return {"name": version.name, "version": version.version, "source": version.source, "alias": version.alias,
-            "created": version.created}  # fmt: skip

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,9 @@ class TrainConfig:
     """One training job. Paths may be local; ``checkpoint_dir`` may also be an ``s3://`` URI."""
 
     # --- data -------------------------------------------------------------------------------
-    # Config type name (e.g. "pi05_metaworld") or path to a custom YAML.
-    config_type: str
+    # The resolved config type (data_adapters ConfigType, or TextConfigType for text). The flow passes the
+    # one ``start`` resolved (as its dict); a name or YAML path is looked up here, for direct CLI use.
+    config_type: Any
     # Local LeRobot dataset root (as fetched by steps.fetch.dataset); for text, a file or a Hub id.
     dataset_root: str
     # norm_stats.json written by steps.stats.norm_stats for the train episodes.
@@ -113,6 +115,12 @@ class TrainConfig:
     fail_during_checkpoint_step: int | None = None
 
     def __post_init__(self) -> None:
+        from data_adapters.registry import config_type_from_dict, get_config_type
+
+        if isinstance(self.config_type, str):
+            object.__setattr__(self, "config_type", get_config_type(self.config_type))
+        elif isinstance(self.config_type, Mapping):
+            object.__setattr__(self, "config_type", config_type_from_dict(self.config_type))
         # JSON gives lists and dicts; normalise so equality and hashing behave.
         if self.train_episodes is not None:
             object.__setattr__(self, "train_episodes", tuple(int(e) for e in self.train_episodes))
@@ -175,9 +183,7 @@ class TrainConfig:
 
     def resolve(self, world_size: int = 1) -> TrainConfig:
         """Fill every preset field from the config type and check batch sizes against ``world_size``."""
-        from data_adapters.registry import get_config_type
-
-        preset = get_config_type(self.config_type).train
+        preset = self.config_type.train
         updates: dict[str, Any] = {
             name: getattr(preset, name) for name in PRESET_FIELDS if getattr(self, name) is None
         }
@@ -205,7 +211,11 @@ class TrainConfig:
 
     # --- JSON -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON values (lists, not tuples), as a checkpoint stores and a resume compares them."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["config_type"] = self.config_type.to_dict()
+        out["lora"] = self.lora.to_dict() if self.lora is not None else None
+        return json.loads(json.dumps(out))
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -231,7 +241,7 @@ class TrainConfig:
     def flat_params(self) -> dict[str, str]:
         """Flattened ``{"lora.rank": "32", ...}`` for MLflow params."""
         out: dict[str, str] = {}
-        for key, value in self.to_dict().items():
+        for key, value in {**self.to_dict(), "config_type": self.config_type.name}.items():
             if isinstance(value, dict):
                 out.update({f"{key}.{k}": str(v) for k, v in value.items()})
             else:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model_zoo.lora_settings import LoraSettings
 from steps.train.config import TrainConfig
 
 FAULT_ENV = "VLA_SFT_FAIL_AFTER_STEP"
@@ -50,55 +49,38 @@ def checkpoint_dir_for(checkpoint_root: str, lineage_id: str) -> str:
     return f"{checkpoint_root.rstrip('/')}/{lineage_id}"
 
 
-def prepare_node_inputs(
-    plan: dict, fetched: dict, norm_stats: dict, tokenizer_model: bytes, workdir: str | os.PathLike
-) -> NodeInputs:
-    """Materialize this node's dataset, norm stats and tokenizer under ``workdir``."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    norm_path = workdir / "norm_stats.json"
-    norm_path.write_text(json.dumps(norm_stats, indent=2) + "\n")
-    if plan.get("kind") == "text":  # a Hugging Face tokenizer folder / Hub id, "" = the model's own
-        return NodeInputs(node_dataset_root(plan, fetched), str(norm_path), plan.get("tokenizer") or "",
-                          fetched.get("revision"))  # fmt: skip
-    tok_path = workdir / "tokenizer.model"
-    tok_path.write_bytes(tokenizer_model)
-    return NodeInputs(node_dataset_root(plan, fetched), str(norm_path), str(tok_path))
-
-
-def node_dataset_root(plan: dict, fetched: dict) -> str:
+def node_dataset_root(rc, fetched: dict) -> str:
     """The dataset on this machine: fetch_data's folder when it is here, else fetched again by id."""
     from data_adapters.lerobot_format import INFO_PATH
 
-    if plan.get("kind") == "text":  # a local file or a Hub id; the text task loads either itself
-        return fetched["path"]
     if (Path(fetched["path"]) / INFO_PATH).is_file():
         return fetched["path"]
-    return _refetch(plan, fetched)
+    return _refetch(rc, fetched)
 
 
-def _refetch(plan: dict, fetched: dict) -> str:
+def _refetch(rc, fetched: dict) -> str:
     from steps.fetch.run_inputs import fetch_run_dataset
 
-    if plan["dataset_kind"] in ("local", "demo"):
+    if rc.data.dataset_kind in ("local", "demo"):
         raise ValueError(
             f"dataset: {fetched['path']} is a local path of the machine that ran fetch_data and is not on "
             "this node; multi-node and remote runs need a Hub id, an s3:// URI or a metaworld:// dataset"
         )
     # The revision fetch_data pinned (a Hub commit, an S3 listing digest): every node reads the same files.
-    again = fetch_run_dataset(
-        {**plan, "dataset_revision": fetched.get("revision") or plan["dataset_revision"]}
+    pinned = dataclasses.replace(
+        rc.data, dataset_revision=fetched.get("revision") or rc.data.dataset_revision
     )
+    again = fetch_run_dataset(dataclasses.replace(rc, data=pinned))
     if again.fingerprint != fetched["fingerprint"]:
         raise ValueError(
-            f"dataset: {plan['dataset']} fetched on this node has fingerprint {again.fingerprint}, but fetch_data "
+            f"dataset: {rc.data.dataset} fetched on this node has fingerprint {again.fingerprint}, but fetch_data "
             f"saw {fetched['fingerprint']}; the dataset changed between the two fetches"
         )
     return str(again.path)
 
 
 def build_train_config(
-    plan: dict,
+    rc,
     inputs: NodeInputs,
     *,
     train_episodes: list[int] | None,
@@ -107,36 +89,36 @@ def build_train_config(
     export_dir: str,
     metrics_file: str | None,
     tracking_uri: str | None,
-    options: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """The run's TrainConfig: plan overrides over the config type's preset, then ``--train_options``."""
+    """The run's TrainConfig: the run config's overrides over the config type's preset, then
+    ``--train_options``. ``rc`` is the run's ``steps.config.run_config.RunConfig``."""
     fields: dict[str, Any] = {
-        "config_type": plan["config_type"],
+        "config_type": rc.config_type,
         "dataset_root": inputs.dataset_root,
         # Text: the commit fetch_data read (a local LeRobot root needs none: it is already that revision).
-        "dataset_revision": inputs.dataset_revision or plan.get("dataset_revision"),
+        "dataset_revision": inputs.dataset_revision or rc.data.dataset_revision,
         "norm_stats_path": inputs.norm_stats_path,
         "tokenizer_path": inputs.tokenizer_path,
         "train_episodes": train_episodes,
         "val_episodes": val_episodes,
-        "model_variant": plan["model_variant"],
-        "pretrained": plan["pretrained"],
-        "lora": LoraSettings(rank=plan["lora_rank"]) if plan["lora_rank"] else None,
-        "global_batch": plan["global_batch"],
-        "max_steps": plan["max_steps"],
-        "peak_lr": plan["peak_lr"],
+        "model_variant": rc.model.variant,
+        "pretrained": rc.model.pretrained,
+        "lora": rc.lora,
+        "global_batch": rc.train.global_batch,
+        "max_steps": rc.train.max_steps,
+        "peak_lr": rc.train.peak_lr,
         "checkpoint_dir": checkpoint_dir,
         "export_dir": export_dir,
         "metrics_file": metrics_file,
         "mlflow": tracking_uri is not None,
         "mlflow_tracking_uri": tracking_uri,
     }
-    if plan["demo"]:
+    if rc.demo:
         fields.update(DEMO_TRAIN)
-        max_steps = plan["max_steps"]
+        max_steps = rc.train.max_steps
         fields["decay_steps"] = max(max_steps, fields["warmup_steps"])
         fields["save_every"] = fields["val_every"] = max(1, max_steps // 4)
-    fields.update(options or {})
+    fields.update(rc.train.options)
     fault = os.environ.get(FAULT_ENV)
     if fault:
         fields["fail_after_step"] = int(fault)
@@ -145,6 +127,37 @@ def build_train_config(
             file=sys.stderr,
         )
     return TrainConfig.from_dict(fields)
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """One node's prepared training: the TrainConfig file torchrun's workers read, and where rank 0 writes."""
+
+    config: TrainConfig
+    config_path: str
+    result_path: str
+
+    @property
+    def entrypoint_args(self) -> list[str]:
+        return ["--config", self.config_path, "--result_json", self.result_path]
+
+    def read_result(self) -> dict:
+        return json.loads(Path(self.result_path).read_text())
+
+
+def prepare_training(task, fetched: dict, norm_stats: dict, tokenizer_model: bytes, *, workdir: str | os.PathLike,
+                     checkpoint_dir: str, tracking_uri: str) -> TrainingJob:  # fmt: skip
+    """This node's inputs on disk (``task.node_inputs``) and its TrainConfig file, ready for torchrun."""
+    workdir = Path(workdir)
+    inputs = task.node_inputs(fetched, norm_stats, tokenizer_model, workdir)
+    config = build_train_config(task.rc, inputs, train_episodes=fetched["train_episodes"],
+                                val_episodes=fetched["val_episodes"], checkpoint_dir=checkpoint_dir,
+                                export_dir=export_dir_for(checkpoint_dir, workdir),
+                                metrics_file=str(workdir / "metrics.jsonl"), tracking_uri=tracking_uri)  # fmt: skip
+    config.to_json(workdir / "train_config.json")
+    result_path = workdir / "train_result.json"
+    result_path.unlink(missing_ok=True)
+    return TrainingJob(config, str(workdir / "train_config.json"), str(result_path))
 
 
 def check_train_options(options: dict | None) -> None:

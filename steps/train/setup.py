@@ -172,9 +172,7 @@ def check_resume_config(cfg: TrainConfig, saved: dict, step: int) -> None:
                 f"{name} was {saved.get(name)!r}, this run has {current[name]!r}; use a new checkpoint_dir"
             )
     for name in _RESUME_WARN:
-        old, new = saved.get(name), current[name]
-        if isinstance(old, list):
-            old = tuple(old)
+        old, new = saved.get(name), current[name]  # both plain JSON values
         if old != new:
             warnings.warn(f"resuming step {step} with {name}={new!r} (checkpoint had {old!r}): the run will not "
                           "repeat the uninterrupted one exactly", stacklevel=2)  # fmt: skip

@@ -122,7 +122,6 @@ class Trainer:
         import numpy as np
         import torch
 
-        from data_adapters.registry import get_config_type
         from steps.train import checkpoints as ckpt
         from steps.train import distributed as D
 
@@ -130,7 +129,7 @@ class Trainer:
         # 1. Process group first: the world size decides micro batch and accumulation.
         self.ctx = D.init_distributed(config.device, need_group=config.parallelism == "fsdp")
         self.cfg = cfg = config.resolve(self.ctx.world_size)
-        self.ct = get_config_type(cfg.config_type)
+        self.ct = cfg.config_type  # resolved once, in the flow's start (or from the CLI's name)
         # What is model/data specific (pi0 on LeRobot, or a causal LM on text) lives in the task.
         from steps.train.task import make_task
 
