@@ -189,9 +189,7 @@ class SFTFlow(FlowSpec):
         job = launch.prepare_training(task, self.fetched, self.norm_stats, self.tokenizer_model,
                                       workdir=_run_dir(self) / f"node{self.node_index}",
                                       checkpoint_dir=self.checkpoint_dir, tracking_uri=self.tracking_uri)  # fmt: skip
-        # The training processes join the flow's MLflow run and import the project from its root.
-        os.environ.update(MLFLOW_RUN_ID=self.mlflow_run_id, MLFLOW_TRACKING_URI=self.tracking_uri,
-                          PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
+        os.environ.update(launch.worker_environment(self.mlflow_run_id, self.tracking_uri, _ROOT))
         with _timed(self, "train.torchrun"):
             current.torch.run(entrypoint=launch.TRAIN_ENTRYPOINT, entrypoint_args=job.entrypoint_args,
                               torchrun_args=dict(launch.TORCHRUN_ARGS), nproc_per_node=task.rc.cluster.procs_per_node)  # fmt: skip

@@ -11,7 +11,7 @@ action chunk at each, and compares it with the dataset's chunk in robot units:
   no key);
 - ``val_loss`` (+ ``val_loss_robot_dims``): the flow-matching loss with the noise and time that
   training's validation draws for the same frame and seed (``steps.train.data_loader.ValSamples``), reduced
-  like the trainer (``steps.train.trainer.loss_weights``), so it is the same estimator as ``val/loss``;
+  like the trainer (``steps.train.loss.loss_weights``), so it is the same estimator as ``val/loss``;
 - ``num_samples``.
 
 Chunk steps past an episode's end repeat its last action in the dataset (``action_is_pad``); they are
@@ -240,7 +240,7 @@ class _LossAccumulator:
 
         from data_adapters.transforms import collate
         from steps.train.data_loader import ValSamples
-        from steps.train.trainer import loss_weights
+        from steps.train.loss import loss_weights
 
         policy, ct = self.policy, self.policy.config_type
         # The policy's own input transform (train=False, no augmentation) keeps the actions of a raw

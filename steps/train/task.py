@@ -72,7 +72,7 @@ class VLATask:
         )  # fmt: skip
 
     def _weights(self, batch, shape):
-        from steps.train.trainer import loss_weights
+        from steps.train.loss import loss_weights
 
         return loss_weights(batch, shape, action_dim=self.ct.action_dim, reduction=self.cfg.loss_reduction,
                             mask_padded=self.cfg.mask_padded_actions)  # fmt: skip

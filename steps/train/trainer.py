@@ -77,28 +77,6 @@ class TrainResult:
         return dataclasses.asdict(self)
 
 
-# ---------------------------------------------------------------------------------------------
-# Loss reduction and throughput accounting
-# ---------------------------------------------------------------------------------------------
-
-
-def loss_weights(batch: dict, per_element_shape, *, action_dim: int, reduction: str, mask_padded: bool):
-    """0/1 weights [B, H, 32] selecting the loss elements that count (DESIGN.md section 5).
-
-    ``all_dims``: openpi's mean over all 32 dims; ``real_dims``: only the robot's ``action_dim`` dims
-    (LeRobot); ``mask_padded`` also drops chunk steps past the episode end (``action_is_pad``).
-    """
-    import torch
-
-    b, h, d = per_element_shape
-    weights = torch.ones(b, h, d, device=batch["actions"].device)
-    if reduction == "real_dims":
-        weights[..., action_dim:] = 0
-    if mask_padded:
-        weights = weights * (~batch["action_is_pad"]).to(weights.dtype)[..., None]
-    return weights
-
-
 def _kill_self() -> None:
     """Fault injection: die like a preempted node (no cleanup, no flush)."""
     sys.stdout.flush()
