@@ -129,7 +129,9 @@ def build_train_config(
     return TrainConfig.from_dict(fields)
 
 
-def worker_environment(mlflow_run_id: str, tracking_uri: str, project_root: str | os.PathLike) -> dict[str, str]:
+def worker_environment(
+    mlflow_run_id: str, tracking_uri: str, project_root: str | os.PathLike
+) -> dict[str, str]:
     """Environment of the torchrun workers: they join the flow's MLflow run and import the project from its
     root (the code package root in a remote task)."""
     return {"MLFLOW_RUN_ID": mlflow_run_id, "MLFLOW_TRACKING_URI": tracking_uri,
