@@ -58,11 +58,8 @@ from model_zoo.pi0 import Pi0Model  # noqa: E402
 
 
 def datasheet_peak_flops(device: str) -> float | None:
-    """Dense bf16 datasheet peak of this GPU by name (H100 / H200: 989 TFLOP/s); None if unknown or CPU.
-
-    The one import from steps/ (its modules are being moved into packages: update the path here only).
-    """
-    from steps.train_setup import peak_flops
+    """Dense bf16 datasheet peak of this GPU by name (H100 / H200: 989 TFLOP/s); None if unknown or CPU."""
+    from steps.train.setup import peak_flops
 
     return peak_flops(torch.device(device))
 
