@@ -83,7 +83,7 @@ class TrainResult:
 
 
 def loss_weights(batch: dict, per_element_shape, *, action_dim: int, reduction: str, mask_padded: bool):
-    """0/1 weights [B, H, 32] selecting the loss elements that count (DESIGN.md section 5).
+    """0/1 weights [B, H, 32] selecting the loss elements that count.
 
     ``all_dims``: openpi's mean over all 32 dims; ``real_dims``: only the robot's ``action_dim`` dims
     (LeRobot); ``mask_padded`` also drops chunk steps past the episode end (``action_is_pad``).
