@@ -1,6 +1,6 @@
 """LeRobot dataset layout: metadata of codebase versions v2.0, v2.1 and v3.0.
 
-Layouts (paths relative to the dataset root; see DESIGN.md section 4):
+Layouts (paths relative to the dataset root, as LeRobot writes them):
 
 - v3.0: ``meta/info.json``, ``meta/stats.json``, ``meta/tasks.parquet`` (task strings as the pandas
   index, column ``task_index``), ``meta/episodes/chunk-*/file-*.parquet`` (one row per episode:

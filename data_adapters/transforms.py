@@ -156,7 +156,7 @@ class InputTransform:
 
 
 def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Stack model items into the model-input batch (DESIGN.md section 2)."""
+    """Stack model items into the model-input batch (the contract documented on ``Pi0Model``)."""
     if not items:
         raise ValueError("collate needs at least one item")
     batch: dict[str, Any] = {}

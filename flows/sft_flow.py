@@ -36,6 +36,10 @@ _HERE = Path(__file__).resolve().parent
 _ROOT = _HERE if (_HERE / "steps").is_dir() else _HERE.parent
 sys.path.insert(0, str(_ROOT))
 
+from flows.user import ensure_metaflow_user  # noqa: E402
+
+ensure_metaflow_user()  # before Metaflow is imported: root, or no user variable, is "Unknown user" to it
+
 from metaflow import (  # noqa: E402
     Config,
     FlowSpec,

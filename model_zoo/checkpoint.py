@@ -1,6 +1,6 @@
 """Load pretrained pi0 / pi0.5 weights (openpi or LeRobot layout) and export our own checkpoints.
 
-Facts this module is built on (DESIGN.md section 5):
+Facts this module is built on (openpi's and LeRobot's published checkpoints):
 - openpi's PyTorch checkpoints name keys exactly like `Pi0Model.state_dict()`; LeRobot's carry `model.`
   in front. LeRobot's pi0.5 loader renames `action_time_mlp_*` to `time_mlp_*` (and the reverse for pi0).
 - Both are written by `safetensors.torch.save_model`, which stores the tied pair

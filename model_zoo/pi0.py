@@ -85,7 +85,7 @@ class PrefixContext:
 class Pi0Model(nn.Module):
     """pi0 (`model_type="pi0"`) or pi0.5 (`"pi05"`). state_dict keys == openpi's, minus the expert lm_head.
 
-    Batch (DESIGN.md section 2): ``images`` {slot: float [B, 3, 224, 224] in [-1, 1]}, ``image_masks``
+    Batch (the model-input contract, docs/architecture.md): ``images`` {slot: float [B, 3, 224, 224] in [-1, 1]}, ``image_masks``
     {slot: bool [B]}, ``state`` [B, action_dim], ``tokens`` int64 [B, L], ``token_mask`` bool [B, L],
     ``actions`` [B, H, action_dim] (training). Slots: base_0_rgb, left_wrist_0_rgb, right_wrist_0_rgb.
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from model_zoo.config import CAMERA_SLOTS, ModelConfig
 from model_zoo.pi0 import Pi0Model
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"  # openpi key lists, golden outputs
 GOLDEN_DIR = REFERENCE_DIR / "golden"
 EMBED_KEY = "paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight"
 TIED_HEAD_KEY = "paligemma_with_expert.paligemma.lm_head.weight"
@@ -62,7 +62,7 @@ def tiny_config(model_type: str, **changes) -> ModelConfig:
 
 
 def random_batch(config: ModelConfig, batch_size: int = 2, seed: int = 0, padded: bool = True) -> dict:
-    """A model-input batch (DESIGN.md section 2). With `padded`, sample 1 lacks a camera and half its text."""
+    """A model-input batch (the contract documented on ``Pi0Model``). With `padded`, sample 1 lacks a camera and half its text."""
     g = torch.Generator().manual_seed(seed)
     size = config.siglip.image_size
     length, dim = config.max_token_len, config.action_dim

@@ -25,6 +25,7 @@ from model_zoo.checkpoint import (
 from model_zoo.config import CAMERA_SLOTS, ModelConfig
 from model_zoo.hub import HubUnavailableError
 from model_zoo.pi0 import Pi0Model
+from tests.model_helpers import REFERENCE_DIR
 
 torch.set_num_threads(1)
 
@@ -311,11 +312,8 @@ def test_save_refuses_existing_and_leaves_no_temp(tmp_path, pi05_model):
         save_checkpoint(pi05_model, tmp_path / "other", config={"model_config": {}})
 
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
-
-
 def on_disk_shapes(model_type: str) -> dict[str, tuple[int, ...]]:
-    """Keys of a public openpi checkpoint file: the reference TSV minus the tied embedding (DESIGN.md 5)."""
+    """Keys of a public openpi checkpoint file: the reference TSV minus the tied embedding."""
     shapes = {}
     for line in (REFERENCE_DIR / f"{model_type}_state_dict.tsv").read_text().splitlines():
         if line.startswith("#") or not line.strip():

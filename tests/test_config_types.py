@@ -22,7 +22,7 @@ from data_adapters.registry import get_config_type, list_config_types
 
 EXAMPLE_YAML = Path(__file__).resolve().parents[1] / "data_adapters" / "examples" / "my_robot.yaml"
 
-# DESIGN.md section 3: model, horizon, max tokens, action / state dims, dataset, base / wrist camera.
+# openpi's / RLinf's config types: model, horizon, max tokens, action / state dims, dataset, base / wrist camera.
 FACTS = {
     "pi0_libero": ("pi0", 50, 48, 7, 8, "physical-intelligence/libero", "image", "wrist_image"),
     "pi05_libero": ("pi05", 10, 200, 7, 8, "physical-intelligence/libero", "image", "wrist_image"),

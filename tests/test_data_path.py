@@ -1,7 +1,7 @@
 """The whole data path on files: every config type, every LeRobot layout -> model-ready batches.
 
 Generated dataset in the type's schema (our writer) -> exact norm stats -> LeRobotFrames ->
-InputTransform -> collate, checked against the batch contract (DESIGN.md section 2), and the output
+InputTransform -> collate, checked against the batch contract (documented on ``Pi0Model``), and the output
 transform brings the predicted-as-truth actions back to the dataset's values.
 """
 

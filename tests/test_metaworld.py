@@ -22,7 +22,8 @@ from steps.sim.metaworld import demonstrations as metaworld_data  # noqa: E402
 from steps.sim.metaworld import tasks as metaworld_tasks  # noqa: E402
 from steps.sim.metaworld.env import MetaworldEnv  # noqa: E402
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "metaworld_tasks.json"
+# Task ids, strings and difficulty groups of lerobot/metaworld_mt50 and LeRobot's Meta-World evaluation.
+REFERENCE = Path(__file__).resolve().parent / "reference" / "metaworld_tasks.json"
 # The scripted expert succeeds on seeds 0..2 of these easy tasks (checked in test_evaluator_expert...).
 EASY_TASKS = ("reach-v3", "button-press-v3")
 RES = 64
@@ -37,13 +38,10 @@ def test_task_table_shape_and_reference():
     assert sizes == {"easy": 28, "medium": 11, "hard": 6, "very_hard": 5}
     # Two environments share one task string: results must be keyed by environment name.
     assert metaworld_tasks.task_string("push-v3") == metaworld_tasks.task_string("push-back-v3")
-    if REFERENCE.is_file():
-        ref = json.loads(REFERENCE.read_text())
-        assert {k: v[0] for k, v in tasks.items()} == ref["task_name_to_id"]
-        assert {k: v[1] for k, v in tasks.items()} == ref["task_descriptions"]
-        assert {g: list(t) for g, t in metaworld_tasks.DIFFICULTY_TO_TASKS.items()} == ref[
-            "difficulty_to_tasks"
-        ]
+    ref = json.loads(REFERENCE.read_text())
+    assert {k: v[0] for k, v in tasks.items()} == ref["task_name_to_id"]
+    assert {k: v[1] for k, v in tasks.items()} == ref["task_descriptions"]
+    assert {g: list(t) for g, t in metaworld_tasks.DIFFICULTY_TO_TASKS.items()} == ref["difficulty_to_tasks"]
 
 
 def test_unknown_task_names_a_close_match():

@@ -20,7 +20,7 @@ from tests.model_helpers import (
     golden_config,
 )
 
-# DESIGN.md section 5: unique parameters without the expert lm_head (tied embedding counted once).
+# openpi's pi0 / pi0.5 (reference/*.tsv): unique parameters without the expert lm_head (tied embedding counted once).
 REAL_PARAMETER_COUNTS = {"pi0": 3_238_048_528, "pi05": 3_353_433_872}
 EXPERT_LM_HEAD_PARAMS = 257_152 * 1024
 
@@ -60,7 +60,7 @@ def test_real_keys_and_shapes_match_reference_tsv(real_model):
     model_type, model = real_model
     reference = expand(read_tsv(model_type))
     assert EXPERT_LM_HEAD_KEY in reference
-    del reference[EXPERT_LM_HEAD_KEY]  # DESIGN decision: the unused expert lm_head is not built
+    del reference[EXPERT_LM_HEAD_KEY]  # the unused expert lm_head is not built
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert sorted(set(ours) - set(reference)) == []
     assert sorted(set(reference) - set(ours)) == []

@@ -1,6 +1,6 @@
 """Closed-loop Meta-World evaluation: success rates per task and per difficulty, plus rollout media.
 
-Protocol (LeRobot / RLinf, ../shared/DESIGN.md section 7): N episodes per task from fixed seeds, up to a
+Protocol (LeRobot's and RLinf's Meta-World evaluation): N episodes per task from fixed seeds, up to a
 step limit, success if it is ever reached (the episode stops there). The policy is queried, its action
 chunk executed for `replan_every` steps (the config type's action horizon), then queried again.
 

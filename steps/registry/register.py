@@ -11,7 +11,7 @@ Idempotent: a version of this model name that belongs to the same MLflow run and
 ``register`` (or a retried task) never makes a second version.
 
 Uses ``MlflowClient().create_model_version`` (``mlflow.register_model`` on a plain folder fails and
-leaves an empty registered model behind, DESIGN.md section 6). ``mlflow`` is imported lazily.
+leaves an empty registered model behind). ``mlflow`` is imported lazily.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Per-dimension statistics of exactly what training normalizes, streamed with bounded memory.
 
-What is counted (DESIGN.md section 4): ``state`` once per frame; ``actions`` once per timestep of every
+What is counted (what the training loader normalizes, see docs/architecture.md): ``state`` once per frame; ``actions`` once per timestep of every
 action chunk, i.e. for an episode of length T and horizon H the values ``actions[min(t+k, T-1)] -
 delta * state[t]`` for all ``t < T`` and ``k < H`` (past the episode end the last frame repeats, as in
 the loader; delta dims subtract the state at the chunk's *first* frame).

@@ -2,7 +2,7 @@
 
     python -m steps.stats.norm_stats --config_type pi0_libero --dataset /data/libero --out norm_stats.json
 
-What it computes (DESIGN.md section 4): per dimension of ``state`` (once per frame) and ``actions``
+What it computes (openpi's statistics, over what training normalizes): per dimension of ``state`` (once per frame) and ``actions``
 (every timestep of every action chunk of the config's horizon, after the delta transform, with the last
 frame repeated past the episode end), over the training episodes only: count, mean, std, min, max,
 q01, q10, q50, q90, q99. Quantiles are ``numpy.quantile(..., method="linear")`` over all those values,

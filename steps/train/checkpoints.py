@@ -15,7 +15,7 @@ Layout of one checkpoint ``<checkpoint_dir>/step_000001000/``::
 Atomic commit, S3 and retention live in ``steps.train.checkpoint_store``; this module decides what goes into a
 checkpoint and how every rank gets it back.
 
-Our own checkpoints are trusted (DESIGN.md section 6): optimizer and RNG state go through
+Our own checkpoints are trusted (this project wrote them): optimizer and RNG state go through
 ``torch.save`` and come back with ``torch.load(weights_only=True)``; user-supplied weights never do.
 """
 

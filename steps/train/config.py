@@ -1,6 +1,6 @@
 """TrainConfig: everything ``steps/train/trainer.py`` needs, as one frozen, JSON-serialisable dataclass.
 
-Fields left at ``None`` take the config type's training preset (DESIGN.md section 3) when
+Fields left at ``None`` take the config type's training preset (openpi's, per config type) when
 ``resolve()`` is called; the resolved copy is what checkpoints and the export record. Validation
 that needs nothing but the fields happens in ``__post_init__``; checks that need the world size, the
 dataset or the norm stats happen in ``resolve()`` / ``steps.train.trainer`` before any training, and every
@@ -79,7 +79,7 @@ class TrainConfig:
     # "auto": on with the preset's decay for full fine-tuning, off for LoRA.
     ema: str = "auto"
     ema_decay: float | None = None
-    # Loss reduction (DESIGN.md section 5): openpi's mean over all 32 dims, or the robot's dims only;
+    # Loss reduction: openpi's mean over all 32 dims, or the robot's dims only;
     # optionally leave out chunk steps past the episode end (action_is_pad).
     loss_reduction: str = "all_dims"
     mask_padded_actions: bool = False

@@ -26,7 +26,7 @@ from data_adapters.transforms import InputTransform, collate
 
 # Mixed into per-sample seeds so train noise, val noise and augmentation streams never coincide.
 _NOISE_STREAM, _AUG_STREAM, _VAL_STREAM = 1, 2, 3
-# openpi / DESIGN.md section 5: t = Beta(1.5, 1) * 0.999 + 0.001 (t = 1 is pure noise).
+# openpi's flow-matching time: t = Beta(1.5, 1) * 0.999 + 0.001 (t = 1 is pure noise).
 TIME_BETA = (1.5, 1.0)
 
 

@@ -1,7 +1,7 @@
 """What the flow's ``train`` step needs around ``steps.train.trainer``: node-local inputs, the TrainConfig of a
 run, and where the exported model lives afterwards.
 
-Nodes never share a local path (DESIGN.md section 6): each training node re-creates its inputs from
+Nodes never share a local path (each node of a remote run has its own disk): each training node re-creates its inputs from
 flow artifacts — the norm stats and tokenizer travel as small artifacts, the dataset is used in place
 when this machine has it (local runs) and fetched again by id/revision into the node's cache
 otherwise, with the fingerprint checked against the one ``fetch_data`` recorded.

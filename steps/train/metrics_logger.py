@@ -4,7 +4,7 @@ Interface: ``log_params(dict)``, ``log_metrics(dict, step)``, ``close(status)``.
 only rank 0 does anything. With tracking off, ``mlflow`` is never imported, so the training entry
 point runs on machines without it.
 
-MLflow specifics (DESIGN.md section 6): the flow creates the run and workers join it through
+MLflow specifics: the flow creates the run and workers join it through
 ``$MLFLOW_RUN_ID``; metrics are buffered and sent with one ``log_batch`` per flush (sqlite costs ~24 ms a
 call); after a resume, steps that the run already has are not logged again (the resumed run recomputes
 the same values, so nothing is lost and no duplicate points appear).

@@ -1,4 +1,4 @@
-"""Learning-rate schedules (DESIGN.md section 3), as plain functions of the optimizer step.
+"""Learning-rate schedules (openpi's and LeRobot's), as plain functions of the optimizer step.
 
 The schedule is a pure function of the number of optimizer steps taken, so resuming only needs that
 number (kept by ``torch.optim.lr_scheduler.LambdaLR`` in its state dict) and a skipped non-finite step

@@ -1,6 +1,6 @@
 """One Meta-World task with the lerobot/metaworld_mt50 camera, shared by data generation and evaluation.
 
-Facts this module encodes (../shared/DESIGN.md section 7):
+Facts this module encodes (measured against metaworld 3.1 and lerobot/metaworld_mt50):
 - Observations are the 39-d goal-observable vector (MT50 setting); the robot state the policy sees is its
   first 4 dims (hand xyz, gripper).
 - The camera is metaworld 3.1's `corner4`: `corner2`'s orientation moved to (0.75, 0.075, 0.7). MuJoCo
