@@ -235,6 +235,38 @@ def test_run_per_lineage_is_reused_and_params_are_idempotent(tmp_path):
     assert tracking.lineage_id_for("SFTFlow", "9", "7") == "SFTFlow-7"
 
 
+FIRST_OPEN = """
+import sys, time
+from steps.registry import tracking
+uri, lineage, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+while time.time() < start:
+    time.sleep(0.005)
+print("RUN", tracking.get_or_create_run(uri, "exp", lineage)[0])
+"""
+
+
+def test_concurrent_first_runs_in_one_folder_share_one_new_database(tmp_path):
+    """Three processes open a database that does not exist yet at the same instant: without the lock one of
+    them fails in MLflow's table creation (alembic 'Online migration expected to match one row', 'table ...
+    already exists'); with it every one gets its run."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    start = time.time() + 8  # every process has imported MLflow by then
+    procs = [subprocess.Popen([sys.executable, "-c", FIRST_OPEN, uri, f"SFTFlow-{i}", str(start)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]  # fmt: skip
+    runs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        runs += [line.split()[1] for line in out.splitlines() if line.startswith("RUN ")]
+    assert len(set(runs)) == 3
+    from mlflow.tracking import MlflowClient
+
+    assert (
+        len(MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("exp").experiment_id]))
+        == 3
+    )
+
+
 def test_register_is_idempotent_and_sets_alias(tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -57,6 +57,31 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
+CREDENTIAL_VARIABLES = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+
+
+def redact(uri: str) -> str:
+    """``uri`` with any user info replaced by ``***`` (safe to print)."""
+    parsed = urllib.parse.urlsplit(uri)
+    if "@" not in parsed.netloc:
+        return uri
+    return urllib.parse.urlunsplit(parsed._replace(netloc="***@" + parsed.netloc.rsplit("@", 1)[1]))
+
+
+def check_no_credentials(uri: str) -> None:
+    """Refuse a tracking URI with user info (``http://user:password@host``).
+
+    The URI is a run parameter of sorts: it is printed, stored as an artifact, passed to every training
+    process and written into deployed specs, so a password inside it would end up in all of them. MLflow
+    reads credentials from the environment instead, which nothing here records.
+    """
+    if "@" in urllib.parse.urlsplit(uri).netloc:
+        raise TrackingError(
+            f"{redact(uri)} carries credentials in the URI, which would reach logs and stored artifacts; "
+            f"use the URI without them and set {CREDENTIAL_VARIABLES}"
+        )
+
+
 def sqlite_db_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, or None for other schemes."""
     if uri.startswith("sqlite:///"):
@@ -74,6 +99,29 @@ def default_artifact_location(uri: str, experiment_name: str) -> str | None:
         return None
     folder = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment_name)
     return (db.parent / "mlruns" / folder).resolve().as_uri()
+
+
+_OPENED: set[str] = set()  # sqlite URIs whose store this process has opened (tables exist)
+
+
+def client_for(uri: str):
+    """An ``MlflowClient`` for ``uri``. The first time a process opens a sqlite database it does so under
+    an exclusive lock on ``<db>.lock``: MLflow creates and migrates a new database's tables (alembic) when
+    it first opens it, and two processes doing that at once break each other (``Online migration expected
+    to match one row``, ``table ... already exists``). The second waits, then finds the tables made."""
+    from mlflow.tracking import MlflowClient
+
+    db = sqlite_db_path(uri)
+    if db is None or uri in _OPENED:
+        return MlflowClient(tracking_uri=uri)
+    import fcntl
+
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        client = MlflowClient(tracking_uri=uri)  # opens the tracking store: creates / migrates the tables
+        client.search_registered_models(max_results=1)  # and the registry store (same database)
+    _OPENED.add(uri)
+    return client
 
 
 def check_reachable(uri: str, timeout_s: float = REACHABILITY_TIMEOUT_S) -> None:
@@ -174,10 +222,8 @@ def get_or_create_run(
     tags: Mapping[str, str] | None = None,
 ) -> tuple[str, bool]:
     """Return ``(mlflow_run_id, created)`` for the lineage, reusing an existing run on resume."""
-    from mlflow.tracking import MlflowClient
-
     configure_mlflow_env()
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     experiment_id = get_or_create_experiment(client, uri, experiment_name)
     existing = find_run_by_lineage(client, experiment_id, lineage_id)
     all_tags = {LINEAGE_TAG: lineage_id, **dict(tags or {})}
@@ -209,9 +255,7 @@ def start_run_tracking(
 
 
 def set_tags(uri: str, run_id: str, tags: Mapping[str, object]) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     for key, value in tags.items():
         client.set_tag(run_id, key, str(value))
 
@@ -226,9 +270,8 @@ def log_params(uri: str, run_id: str, params: Mapping[str, object]) -> None:
     import sys
 
     from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     existing = client.get_run(run_id).data.params
     values = {key: _param_str(value) for key, value in params.items()}
     changed = sorted(k for k, v in values.items() if k in existing and existing[k] != v)
@@ -257,7 +300,6 @@ def log_metrics(
     import time
 
     from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
 
     now = int(time.time() * 1000)
     if isinstance(metrics, Mapping):
@@ -265,24 +307,20 @@ def log_metrics(
     else:
         items = [(k, float(v), int(s)) for k, v, s in metrics]
     entities = [Metric(key=k, value=v, timestamp=now, step=s) for k, v, s in items]
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     for start in range(0, len(entities), 1000):
         client.log_batch(run_id, metrics=entities[start : start + 1000])
 
 
 def logged_metric_steps(uri: str, run_id: str, key: str) -> set[int]:
     """Steps already logged for ``key`` (used to avoid duplicate points after a resume)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     return {m.step for m in client.get_metric_history(run_id, key)}
 
 
 def log_artifacts(uri: str, run_id: str, local_dir: str | os.PathLike, artifact_path: str | None = None):
     """Upload a folder's files under ``artifact_path`` of the run; returns the artifact URI."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     client.log_artifacts(run_id, str(local_dir), artifact_path)
     base = client.get_run(run_id).info.artifact_uri
     return f"{base}/{artifact_path}" if artifact_path else base
@@ -294,9 +332,7 @@ def log_files(uri: str, run_id: str, files: Mapping[str, str], artifact_path: st
     if not files:
         return
     configure_mlflow_env()
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     for name, path in files.items():
         if os.path.basename(name) != os.path.basename(path):
             raise ValueError(f"artifact name {name!r} must end with the file name of {path}")
@@ -325,6 +361,4 @@ def log_file_contents(
 
 
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(tracking_uri=uri).set_terminated(run_id, status=status)
+    client_for(uri).set_terminated(run_id, status=status)
