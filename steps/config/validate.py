@@ -263,6 +263,10 @@ def validate_run_inputs(
     elif kind == "s3":
         check_s3_dataset(dataset, ct, check_remote)
     uri = tracking.resolve_tracking_uri(tracking_uri)
+    try:
+        tracking.check_no_credentials(uri)  # before anything prints or stores the URI
+    except tracking.TrackingError as exc:
+        raise InputError(f"MLFLOW_TRACKING_URI: {exc}") from None
     if remote and not uri.startswith(("http://", "https://", "databricks")):
         raise InputError(
             f"MLFLOW_TRACKING_URI: {uri} is a file on one machine; remote runs need a tracking server "
@@ -274,7 +278,12 @@ def validate_run_inputs(
         except tracking.TrackingError as exc:
             raise InputError(f"MLFLOW_TRACKING_URI: {exc}") from None
 
+    from steps.registry.register import check_model_name
+
     try:
+        check_model_name(
+            model_name or ct.name, "--model_name" if model_name else "--model_name (the config type's name)"
+        )
         check_train_options(train_options)
         if not is_text:
             tokenizer = tokenizer or (TINY_TOKENIZER if demo else PALIGEMMA_TOKENIZER_URL)
