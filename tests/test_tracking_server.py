@@ -79,7 +79,7 @@ def test_start_refuses_a_bad_model_name_and_credentials_in_the_uri(tmp_path):
         validate_run_inputs(**{**ok, "tracking_uri": "http://admin:s3cr3t-pw@127.0.0.1:5000"})
     message = str(err.value)
     assert "s3cr3t-pw" not in message and "admin" not in message
-    assert message.startswith("MLFLOW_TRACKING_URI: http://***@127.0.0.1:5000 carries credentials")
+    assert message.startswith("MLFLOW_TRACKING_URI: http://[credentials]@127.0.0.1:5000 carries credentials")
     assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)" in message
 
 

@@ -61,11 +61,12 @@ CREDENTIAL_VARIABLES = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (o
 
 
 def redact(uri: str) -> str:
-    """``uri`` with any user info replaced by ``***`` (safe to print)."""
+    """``uri`` with any user info replaced by ``[credentials]`` (safe to print; Metaflow's console would
+    read ``*...*`` as bold markup)."""
     parsed = urllib.parse.urlsplit(uri)
     if "@" not in parsed.netloc:
         return uri
-    return urllib.parse.urlunsplit(parsed._replace(netloc="***@" + parsed.netloc.rsplit("@", 1)[1]))
+    return urllib.parse.urlunsplit(parsed._replace(netloc="[credentials]@" + parsed.netloc.rsplit("@", 1)[1]))
 
 
 def check_no_credentials(uri: str) -> None:
