@@ -6,6 +6,7 @@ YAML) into a checked dict; decorators read it (``@resources(gpu=cluster.gpus_per
 
 ``sft_deployment`` is a FlowMutator that
 
+- wraps every step in ``flows.run_status.tracked`` (the MLflow run's status, ``train``'s retry policy);
 - ships ``steps/``, ``model_zoo/``, ``data_adapters/`` and ``flows/`` in the code package (Metaflow
   packages only the flow file's folder; remote tasks import these packages from the package root);
 - with ``backend: kubernetes`` or ``batch`` in the Config, puts every step on that compute with the
@@ -152,6 +153,10 @@ class sft_deployment(FlowMutator):  # noqa: N801 - used as a lower-case decorato
     """Ship the project packages with the flow and apply the cluster Config's compute backend."""
 
     def pre_mutate(self, mutable_flow) -> None:
+        from flows.run_status import tracked
+
+        for _, step in mutable_flow.steps:
+            step.add_decorator(tracked)  # MLflow run status and train's retry policy (flows/run_status.py)
         cluster = dict(dict(mutable_flow.configs).get("cluster") or {})
         backend = cluster.get("backend", "local")
         if backend == "local":

@@ -265,7 +265,11 @@ class SFTFlow(FlowSpec):
         mv = self.model_version
         print(f"model {mv['name']} version {mv['version']} (alias {mv['alias']}) · MLflow run {self.mlflow_run_id}\n"
               f"metrics {json.dumps(self.eval_metrics)}\n"
-              f"browse: mlflow ui --backend-store-uri {self.tracking_uri}")  # fmt: skip
+              f"browse: {_browse_hint(self.tracking_uri)}")  # fmt: skip
+
+
+def _browse_hint(uri: str) -> str:
+    return uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
 
 
 def _run_dir(flow) -> Path:
@@ -310,4 +314,6 @@ def _tag_metaflow_run(tag: str) -> None:
 
 
 if __name__ == "__main__":
-    SFTFlow()
+    from flows.run_status import main
+
+    main(SFTFlow)  # SFTFlow() with the no-retry exit code for errors a retry cannot fix

@@ -397,13 +397,26 @@ def _mlflow_checks(root: Path, info: dict, *, expect_world_size: int) -> None:
         mlflow.set_tracking_uri(None)
 
 
+def _assert_retried_after(log: str, run_id: str, backoff_s: float) -> None:
+    """The retried train attempt said it waits ``backoff_s`` and resumed training that much later (Metaflow's
+    log timestamps)."""
+    from datetime import datetime
+
+    lines = [x for x in log.splitlines() if f"[{run_id}/train/" in x]
+    wait = next(i for i, x in enumerate(lines) if f"waiting {backoff_s:g} s before retrying" in x)
+    stamp = lambda line: datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f")  # noqa: E731
+    resumed = next(x for x in lines[wait:] if "resumed from" in x)
+    assert (stamp(resumed) - stamp(lines[wait])).total_seconds() >= backoff_s
+
+
 @pytest.mark.slow
 def test_demo_flow_end_to_end_on_two_local_nodes_with_a_preemption(tmp_path):
     """`run --demo` with @torchrun on 2 local nodes (gloo). Both nodes' training is killed after the
     step-6 checkpoint (VLA_SFT_FAIL_AFTER_STEP); @retry's second attempt continues from it. Every step
     succeeds; MLflow has params, metrics, artifacts and one registered version with lineage tags."""
     env = flow_env(tmp_path, VLA_SFT_FAIL_AFTER_STEP="6")
-    result = run_flow(tmp_path, "--config-value", "cluster", '{"nodes": 2, "retries": 1}', "run", "--demo",
+    cluster = '{"nodes": 2, "retries": 1, "retry_backoff_s": 6}'
+    result = run_flow(tmp_path, "--config-value", "cluster", cluster, "run", "--demo",
                       "--max_steps", "12", "--sim_episodes", "1", "--sim_max_steps", "15", env=env)  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     info = inspect_run(tmp_path)
@@ -411,6 +424,7 @@ def test_demo_flow_end_to_end_on_two_local_nodes_with_a_preemption(tmp_path):
     assert set(info["steps"]) == {"start", "fetch_data", "compute_norm_stats", "train", "join", "evaluate",
                                   "register", "end"} and all(info["steps"].values())  # fmt: skip
     assert info["attempts"]["train"] == 1  # attempt 0 was killed, attempt 1 finished
+    _assert_retried_after(result.stdout + result.stderr, info["id"], 6)
     assert info["train_result"]["world_size"] == 2
     assert info["train_result"]["resumed_from"] == 6
     assert info["train_result"]["final_step"] == info["run_config"]["train"]["max_steps"] == 12

@@ -21,6 +21,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from steps.errors import UserError
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 LINEAGE_TAG = "vla_sft.lineage_id"
 PATHSPEC_TAG = "metaflow.pathspec"
@@ -30,6 +32,10 @@ REACHABILITY_TIMEOUT_S = 5.0
 
 class TrackingError(RuntimeError):
     """The MLflow tracking server or database cannot be used (one-line message)."""
+
+
+class TrackingCredentialsError(UserError):
+    """The tracking server refused the credentials (none, or wrong): a configuration error, never retried."""
 
 
 def configure_mlflow_env(timeout_s: int = 30) -> None:
@@ -246,12 +252,23 @@ def start_run_tracking(
 
     ``run_config``: the run's ``steps.config.run_config.RunConfig``.
     """
-    run_id, _ = get_or_create_run(
-        run_config.tracking_uri, run_config.experiment, lineage_id, run_name=run_name,
-        tags={PATHSPEC_TAG: pathspec, METAFLOW_RUN_TAG: metaflow_run_id, "config_type": run_config.config_type.name,
-              "git_commit": git_commit or "unknown"},
-    )  # fmt: skip
-    log_params(run_config.tracking_uri, run_id, run_config.flat_params())
+    from mlflow.exceptions import MlflowException
+
+    uri = run_config.tracking_uri
+    try:
+        run_id, _ = get_or_create_run(
+            uri, run_config.experiment, lineage_id, run_name=run_name,
+            tags={PATHSPEC_TAG: pathspec, METAFLOW_RUN_TAG: metaflow_run_id, "config_type": run_config.config_type.name,
+                  "git_commit": git_commit or "unknown"},
+        )  # fmt: skip
+        log_params(uri, run_id, run_config.flat_params())
+    except MlflowException as exc:
+        if exc.get_http_status_code() in (401, 403):
+            raise TrackingCredentialsError(
+                f"MLFLOW_TRACKING_URI: the tracking server at {uri} refused the request "
+                f"(HTTP {exc.get_http_status_code()}): set {CREDENTIAL_VARIABLES} for it"
+            ) from None
+        raise
     return run_id
 
 
@@ -363,3 +380,49 @@ def log_file_contents(
 
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client_for(uri).set_terminated(run_id, status=status)
+
+
+FAILED_STEP_TAG = "vla_sft.failed_step"
+INTERRUPTED_TAG = "vla_sft.interrupted_run"  # a Metaflow run of the lineage that ended without a word
+
+
+def mark_failed(uri: str, run_id: str, *, step: str, pathspec: str, timeout_s: int = 10) -> None:
+    """Mark the lineage's MLflow run FAILED, naming the failing step (``vla_sft.failed_step``) and task.
+
+    Called as a step fails for good; bounded (``timeout_s`` per call, no retries), since the tracking server
+    may be what failed. The next ``resume`` takes the run back (``claim_run``).
+    """
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)  # this process is about to end anyway
+    client = client_for(uri)
+    client.set_tag(run_id, FAILED_STEP_TAG, step)
+    client.set_tag(run_id, "vla_sft.failed_task", pathspec)
+    client.set_terminated(run_id, status="FAILED")
+
+
+def claim_run(uri: str, run_id: str, *, pathspec: str) -> str | None:
+    """Make this Metaflow run (``<flow>/<run id>``) the owner of the lineage's MLflow run; return what the
+    previous owner left it as, or None when this run owns it already.
+
+    A resume is a new Metaflow run: its first step finds the run tagged with an earlier Metaflow run. FAILED:
+    that run's failing step said so. Still RUNNING: that run was killed outright (SIGKILL, a lost machine)
+    and could not; it is recorded as ``vla_sft.interrupted_run`` now. Either way the run is RUNNING again
+    until ``register`` finishes it.
+    """
+    configure_mlflow_env()
+    client = client_for(uri)
+    run = client.get_run(run_id)
+    previous = run.data.tags.get(PATHSPEC_TAG)
+    if previous == pathspec:
+        return None
+    if run.info.status == "RUNNING" and previous:
+        client.set_tag(run_id, INTERRUPTED_TAG, previous)
+    outcome = "killed" if run.info.status == "RUNNING" else run.info.status
+    client.set_tag(run_id, PATHSPEC_TAG, pathspec)
+    failed_step = run.data.tags.get(FAILED_STEP_TAG)
+    if failed_step:  # history: which step the resumed run had failed in; the run itself is live again
+        client.set_tag(run_id, "vla_sft.resumed_after", f"{failed_step} failed in {previous}")
+        client.delete_tag(run_id, FAILED_STEP_TAG)
+    if run.info.status != "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    return outcome

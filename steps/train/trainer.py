@@ -68,6 +68,9 @@ class TrainResult:
     samples_per_s: float = float("nan")
     data_wait_frac: float = float("nan")
     mlflow_run_id: str | None = None
+    # Set when training finished but the tracking server did not take the last metric points in time
+    # (they are in the last checkpoint; a resumed run sends them without training again).
+    tracking_error: str | None = None
 
     @property
     def final_loss(self) -> float | None:
@@ -501,17 +504,28 @@ class Trainer:
 
 
 def main(config: TrainConfig) -> TrainResult:
-    """Train (resuming from the latest complete checkpoint in ``config.checkpoint_dir``) and export."""
+    """Train (resuming from the latest complete checkpoint in ``config.checkpoint_dir``) and export.
+
+    A tracking server that did not take the last metrics in time (``TrackingUnavailable``) does not undo a
+    finished training: the result carries the error (``tracking_error``) and the caller decides.
+    """
+    from steps.train.tracking_queue import TrackingUnavailable
+
     trainer = Trainer(config)
-    failed = True
+    result, failed = None, True
     try:
         trainer.setup()
         result = trainer.train()
         trainer.export(result)
         failed = False
-        return result
     finally:
-        trainer.cleanup(failed=failed)
+        try:
+            trainer.cleanup(failed=failed)
+        except TrackingUnavailable as exc:
+            if failed:
+                raise
+            result.tracking_error = str(exc)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
