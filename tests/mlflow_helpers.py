@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import uuid
 from pathlib import Path
 
 from tests.server_helpers import free_port, local_server
@@ -24,6 +25,7 @@ def mlflow_server(
     ``root``), e.g. ``s3://bucket/prefix`` with ``env`` naming the S3 endpoint and credentials.
     ``admin_password``: run the ``basic-auth`` app, every request then needs user ``admin`` and it.
     """
+    root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [
         sys.executable, "-m", "mlflow", "server",
@@ -40,7 +42,8 @@ def mlflow_server(
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         )
         cmd += ["--app-name", "basic-auth"]
-        env.update(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_AUTH_ADMIN_PASSWORD=admin_password)
+        env.update(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
+                   MLFLOW_FLASK_SERVER_SECRET_KEY=uuid.uuid4().hex)  # CSRF key the auth app requires  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     # /health answers without credentials, also on the basic-auth app.
     with local_server(cmd, f"{uri}/health", root / "server.log", env=env, timeout_s=timeout_s):

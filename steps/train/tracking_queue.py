@@ -70,9 +70,8 @@ class TrackingQueue:
         self.uri, self.run_id = uri, run_id
         self.stream = stream or sys.stderr
         self.retry_s = tuple(retry_s)
-        self._items: collections.deque = (
-            collections.deque()
-        )  # ("params", dict) | ("metric", key, value, step)
+        # ("params", dict) | ("metric", key, value, step, timestamp in ms: when the trainer measured it)
+        self._items: collections.deque = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
         self._sending = 0  # items of the head taken by the call in flight (still in _items)
@@ -88,7 +87,8 @@ class TrackingQueue:
         self._put([("params", dict(params))])
 
     def put_metrics(self, points: Sequence[tuple[str, float, int]]) -> None:
-        self._put([("metric", str(k), float(v), int(s)) for k, v, s in points])
+        now = int(time.time() * 1000)
+        self._put([("metric", str(k), float(v), int(s), now) for k, v, s in points])
 
     def _put(self, items: list) -> None:
         if not items:
@@ -204,12 +204,11 @@ class TrackingQueue:
         if batch[0][0] == "params":
             tracking.log_params(self.uri, self.run_id, batch[0][1])
             return
-        now = int(time.time() * 1000)
-        fresh = [Metric(key=k, value=v, timestamp=now, step=s) for _, k, v, s in batch
+        fresh = [Metric(key=k, value=v, timestamp=t, step=s) for _, k, v, s, t in batch
                  if s > server_steps.get(k, -1)]  # fmt: skip
         if fresh:
             client.log_batch(self.run_id, metrics=fresh)
-        for _, k, _, s in batch:
+        for _, k, _, s, _ in batch:
             server_steps[k] = max(s, server_steps.get(k, -1))
         self.sent_points += len(fresh)
 
