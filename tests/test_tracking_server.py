@@ -240,3 +240,26 @@ def test_an_error_a_retry_cannot_fix_stops_sending_and_is_reported(proxy_up):
     with pytest.raises(TrackingUnavailable, match=r"refused the run's metrics .*1 item\(s\) not logged"):
         queue.close(wait_s=30)
     assert queue.permanent_error is not None
+
+
+def test_a_failed_run_is_marked_and_a_resume_takes_it_back(tmp_path):
+    """mark_failed names the step; claim_run by the resume sets RUNNING and keeps the history in tags; a run
+    whose previous owner never reported (still RUNNING under another pathspec) is recorded as interrupted."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_id, _ = tracking.get_or_create_run(uri, "exp", "SFTFlow-1", tags={tracking.PATHSPEC_TAG: "SFTFlow/1"})
+    client = tracking.client_for(uri)
+    assert tracking.claim_run(uri, run_id, pathspec="SFTFlow/1") is None  # its own run: nothing to do
+    tracking.mark_failed(uri, run_id, step="train", pathspec="SFTFlow/1/train/4")
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["vla_sft.failed_step"] == "train"
+    assert tracking.claim_run(uri, run_id, pathspec="SFTFlow/2") == "FAILED"
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING" and "vla_sft.failed_step" not in run.data.tags
+    assert run.data.tags["vla_sft.resumed_after"] == "train failed in SFTFlow/1"
+    assert (
+        run.data.tags[tracking.PATHSPEC_TAG] == "SFTFlow/2" and tracking.INTERRUPTED_TAG not in run.data.tags
+    )
+    # SFTFlow/2 is killed outright (nothing marks the run); the next resume finds it RUNNING under SFTFlow/2.
+    assert tracking.claim_run(uri, run_id, pathspec="SFTFlow/3") == "killed"
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING" and run.data.tags[tracking.INTERRUPTED_TAG] == "SFTFlow/2"

@@ -392,12 +392,20 @@ def mark_failed(uri: str, run_id: str, *, step: str, pathspec: str, timeout_s: i
     Called as a step fails for good; bounded (``timeout_s`` per call, no retries), since the tracking server
     may be what failed. The next ``resume`` takes the run back (``claim_run``).
     """
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)  # this process is about to end anyway
-    client = client_for(uri)
-    client.set_tag(run_id, FAILED_STEP_TAG, step)
-    client.set_tag(run_id, "vla_sft.failed_task", pathspec)
-    client.set_terminated(run_id, status="FAILED")
+    bounded = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    saved = {key: os.environ.get(key) for key in bounded}
+    os.environ.update(bounded)  # MLflow reads both at every request
+    try:
+        client = client_for(uri)
+        client.set_tag(run_id, FAILED_STEP_TAG, step)
+        client.set_tag(run_id, "vla_sft.failed_task", pathspec)
+        client.set_terminated(run_id, status="FAILED")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def claim_run(uri: str, run_id: str, *, pathspec: str) -> str | None:
