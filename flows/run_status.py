@@ -69,14 +69,19 @@ def _retryable(exc: BaseException) -> bool:
     return not (isinstance(exc, (UserFacingError, InvalidInput, NotRetried)) or errors.is_user_error(exc))
 
 
-def _shown(exc: BaseException) -> BaseException:
+def _shown(exc: BaseException, uri: str | None) -> BaseException:
     """The exception as the console should show it: one line for a tracking outage or a refused retry."""
     from flows.step_errors import UserFacingError
+    from steps import errors
     from steps.train.attempts import NotRetried
-    from steps.train.tracking_queue import TrackingUnavailable
+    from steps.train.tracking_queue import TrackingUnavailable, is_transient
 
     if isinstance(exc, TrackingUnavailable):
         return TrackingUnavailableError(str(exc))
+    mlflow_exception = getattr(sys.modules.get("mlflow.exceptions"), "MlflowException", None)
+    if uri and mlflow_exception is not None and isinstance(exc, mlflow_exception) and is_transient(exc):
+        return TrackingUnavailableError(f"MLflow tracking server {uri} did not answer ({errors.one_line(exc)[:300]}); "
+                                        "`resume` continues from this step once it does")  # fmt: skip
     if isinstance(exc, NotRetried):
         return UserFacingError(exc.headline, f"{exc} (the previous attempt failed the same way; not retried)")
     return exc
@@ -104,20 +109,20 @@ def _on_failure(flow, inputs, step_name: str, exc: BaseException) -> BaseExcepti
                   "resume records it", file=sys.stderr)  # fmt: skip
     if not retryable:
         _state["no_retry"] = True
-    return _shown(exc)
+    return _shown(exc, uri)
 
 
 @user_step_decorator
 def tracked(step_name, flow, inputs=None, attributes=None):
-    from steps.config.validate import running_remotely
-    from steps.train import attempts
-
     uri, run_id = _artifact(flow, inputs, "tracking_uri"), _artifact(flow, inputs, "mlflow_run_id")
     try:
         if uri and run_id and current.origin_run_id:
             _claim(uri, run_id)
         checkpoint_dir = _artifact(flow, inputs, "checkpoint_dir")
         if step_name == "train" and checkpoint_dir:
+            from steps.config.validate import running_remotely
+            from steps.train import attempts
+
             cluster = flow.cluster
             attempts.before_attempt(checkpoint_dir, current.retry_count, backoff_s=cluster.retry_backoff_s,
                                     remote=running_remotely(cluster.backend))  # fmt: skip

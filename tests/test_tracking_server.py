@@ -263,3 +263,25 @@ def test_a_failed_run_is_marked_and_a_resume_takes_it_back(tmp_path):
     assert tracking.claim_run(uri, run_id, pathspec="SFTFlow/3") == "killed"
     run = client.get_run(run_id)
     assert run.info.status == "RUNNING" and run.data.tags[tracking.INTERRUPTED_TAG] == "SFTFlow/2"
+
+
+def test_a_step_failing_on_an_unreachable_server_shows_one_line():
+    """An MLflow call that got no answer (in register, say) leaves its step as one 'Tracking unavailable'
+    line naming the URI; an MLflow error a retry cannot fix (404) stays as it is."""
+    from mlflow.exceptions import MlflowException
+
+    from flows import run_status
+    from tests.server_helpers import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    tracking.configure_mlflow_env()
+    with pytest.raises(MlflowException) as err:
+        tracking.client_for(uri).get_run("0" * 32)
+    shown = run_status._shown(err.value, uri)
+    assert isinstance(shown, run_status.TrackingUnavailableError) and shown.headline == "Tracking unavailable"
+    assert str(shown).startswith(f"MLflow tracking server {uri} did not answer (") and "\n" not in str(shown)
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    refused = MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST)
+    assert refused.get_http_status_code() == 404
+    assert run_status._shown(refused, uri) is refused
