@@ -285,3 +285,21 @@ def test_a_step_failing_on_an_unreachable_server_shows_one_line():
     refused = MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST)
     assert refused.get_http_status_code() == 404
     assert run_status._shown(refused, uri) is refused
+
+
+def test_system_metrics_get_a_sample_even_from_a_run_shorter_than_the_interval():
+    from steps.train.metrics_logger import SystemSampler
+
+    class Collect:  # stands in for the TrackingQueue: what the sampler queues
+        def __init__(self):
+            self.points = []
+
+        def put_metrics(self, points):
+            self.points.extend(points)
+
+    queue = Collect()
+    sampler = SystemSampler(queue, lambda: 7, interval_s=3600)
+    sampler.stop()
+    keys = {k for k, _, _ in queue.points}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys
+    assert {s for _, _, s in queue.points} == {7}

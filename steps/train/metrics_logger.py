@@ -167,22 +167,32 @@ class SystemSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            try:
-                values: dict[str, float] = {}
-                for monitor in self.monitors:
-                    monitor.collect_metrics()
-                    values.update(monitor.aggregate_metrics())
-                    monitor.clear_metrics()
-            except Exception as exc:  # a monitor that breaks ends system metrics, never training
-                print(f"system metrics stopped: {exc}", file=sys.stderr)
+            if not self._sample():
                 return
-            step = self.current_step()
-            self.queue.put_metrics([(f"system/{k}", v, step) for k, v in values.items()])
+
+    def _sample(self) -> bool:
+        """Collect, aggregate and queue one sample; False when a monitor broke (system metrics end there)."""
+        try:
+            values: dict[str, float] = {}
+            for monitor in self.monitors:
+                monitor.collect_metrics()
+                values.update(monitor.aggregate_metrics())
+                monitor.clear_metrics()
+        except Exception as exc:  # a monitor that breaks ends system metrics, never training
+            print(f"system metrics stopped: {exc}", file=sys.stderr)
+            self.monitors = []
+            return False
+        step = self.current_step()
+        self.queue.put_metrics([(f"system/{k}", v, step) for k, v in values.items()])
+        return True
 
     def stop(self) -> None:
+        """Stop sampling, with a last sample (a run shorter than the interval still gets one)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        if self.monitors:
+            self._sample()
 
 
 def _system_monitors() -> list:
