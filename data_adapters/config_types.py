@@ -28,7 +28,7 @@ WRIST_SLOTS: tuple[str, ...] = ("left_wrist_0_rgb", "right_wrist_0_rgb")
 MODEL_ACTION_DIM = 32
 MODEL_TYPES = ("pi0", "pi05")
 NORMALIZATIONS = ("zscore", "quantile")
-SIMULATORS = ("metaworld",)
+SIMULATORS = ("metaworld", "libero")  # closed-loop simulators (steps.sim.base.SIMULATORS)
 # Prompt budget per model type: pi0 sees only the task, pi0.5 may also see 32 state bins.
 DEFAULT_MAX_TOKEN_LEN = {"pi0": 48, "pi05": 200}
 DEFAULT_NORMALIZATION = {"pi0": "zscore", "pi05": "quantile"}
