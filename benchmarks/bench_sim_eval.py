@@ -49,14 +49,20 @@ def zero_policy(action_dim: int, horizon: int):
     return policy
 
 
+_TINY: dict[str, object] = {}
+
+
 def tiny_policy(config_type: str, folder: Path):
-    import torch
+    """One tiny export per config type, reused across worker counts."""
+    if config_type not in _TINY:
+        import torch
 
-    from steps.policy import Policy
-    from tests.policy_helpers import make_tiny_export
+        from steps.policy import Policy
+        from tests.policy_helpers import make_tiny_export
 
-    torch.set_num_threads(1)
-    return Policy.from_export(make_tiny_export(folder, config_type), device="cpu").predict
+        torch.set_num_threads(1)
+        _TINY[config_type] = Policy.from_export(make_tiny_export(folder, config_type), device="cpu").predict
+    return _TINY[config_type]
 
 
 def measure(simulator: str, policy_name: str, workers: int, tmp: Path) -> dict:
@@ -76,8 +82,9 @@ def measure(simulator: str, policy_name: str, workers: int, tmp: Path) -> dict:
                            max_steps=case["max_steps"], replan_steps=case["replan"], workers=workers, log=None)  # fmt: skip
     wall = time.perf_counter() - began
     assert all(o.steps == case["max_steps"] for o in result.episodes), "an episode ended early"
+    timings = {f"t_{k}": v for k, v in result.timings.items()}
     return {"simulator": simulator, "policy": policy_name, "workers": workers, "episodes": len(result.episodes),
-            "steps": sum(o.steps for o in result.episodes), "wall": wall, **result.timings}  # fmt: skip
+            "steps": sum(o.steps for o in result.episodes), "wall": wall, **timings}  # fmt: skip
 
 
 def table(rows: list[dict]) -> str:
@@ -89,7 +96,7 @@ def table(rows: list[dict]) -> str:
         cells = [r["simulator"], r["policy"], str(r["workers"] or "0 (in-process)"),
                  f"{r['episodes']} × {r['steps'] // r['episodes']}", f"{r['wall']:.1f}",
                  f"{60 * r['episodes'] / r['wall']:.2f}"]  # fmt: skip
-        cells += [f"{r.get(k, 0.0):.1f}" for k in ("make", "reset", "physics", "render", "policy")]
+        cells += [f"{r.get(f't_{k}', 0.0):.1f}" for k in ("make", "reset", "physics", "render", "policy")]
         cells.append(f"{per_step:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -65,6 +65,10 @@ class InvalidInput(MetaflowException):
     headline = "Invalid input"
 
 
+class SimulatorNotReadyError(MetaflowException):
+    headline = "Simulator not ready"
+
+
 @sft_deployment
 class SFTFlow(FlowSpec):
     """Fine-tune pi0 / pi0.5 (full or LoRA) on a LeRobot dataset; evaluate; register in MLflow."""
@@ -239,9 +243,14 @@ class SFTFlow(FlowSpec):
         from steps.tasks import task_for
 
         task = task_for(self.run_config)
-        with _timed(self, "evaluate"):
-            outcome = task.evaluate(self.export_uri, self.fetched, workdir=_run_dir(self) / "evaluate",
-                                    who=_identity(self))  # fmt: skip
+        from steps.sim.base import SimulatorNotReady
+
+        try:
+            with _timed(self, "evaluate"):
+                outcome = task.evaluate(self.export_uri, self.fetched, workdir=_run_dir(self) / "evaluate",
+                                        who=_identity(self))  # fmt: skip
+        except SimulatorNotReady as exc:  # one line naming the fix, not a renderer traceback
+            raise SimulatorNotReadyError(str(exc)) from None
         self.eval_metrics, self.eval_details, self.eval_files = (
             outcome.metrics,
             outcome.details,

@@ -250,7 +250,8 @@ def test_scripted_controller_through_the_rollout_loop_moves_the_end_effector_as_
 @pytest.mark.slow
 def test_inference_policy_rollouts_report_task_and_suite_success(tmp_path):
     """The registered model's path (steps.policy.Policy from an export) rolled out in LIBERO through
-    evaluate_export: per-task and per-suite success metrics, episode lengths, a rollout GIF."""
+    evaluate_export, in this process (the flow demo runs two worker processes): per-task and per-suite
+    success metrics, episode lengths, a rollout GIF."""
     import torch
 
     from steps.evaluate.export_eval import evaluate_export
@@ -259,11 +260,11 @@ def test_inference_policy_rollouts_report_task_and_suite_success(tmp_path):
     torch.set_num_threads(1)
     export = make_tiny_export(tmp_path, "pi05_libero")
     result = evaluate_export(export, DEMO_DATASET, [5], max_samples=4, out_dir=tmp_path / "out", sim_episodes=2,
-                             sim_max_steps=12, sim_workers=2)  # fmt: skip
+                             sim_max_steps=12, sim_workers=0)  # fmt: skip
     m = result.metrics
     assert m["sim/episodes"] == 2 and m[f"sim/success/{TASK0}"] == m["sim/suite/libero_spatial"] == 0.0
     assert m["sim/episode_length_mean"] == 12
-    assert result.details["sim_workers"] == 2 and result.details["sim_timings"]["render"] > 0
+    assert result.details["sim_workers"] == 0 and result.details["sim_timings"]["render"] > 0
     assert [e["episode"] for e in result.details["sim_episodes"]] == [0, 1]
     gifs = [n for n in result.artifacts if n.endswith(".gif")]
     assert gifs and all(os.path.getsize(result.artifacts[n]) > 1000 for n in gifs)
@@ -301,3 +302,21 @@ def test_demo_flow_trains_rolls_out_in_libero_registers_and_gates_on_the_suite(t
     refused = promote(version["name"], version["version"], gates=["sim/suite/libero_spatial>=1.01"],
                       tracking_uri=uri)  # fmt: skip
     assert not refused.promoted
+
+
+def test_evaluate_stops_before_the_first_episode_with_one_line_naming_the_fix(tmp_path, monkeypatch):
+    """A broken renderer (here: a backend that cannot run headless) stops evaluate_export before any
+    rollout, with the fix in one line, whether or not LIBERO is installed."""
+    from steps.evaluate.export_eval import evaluate_export
+    from steps.sim.base import SimulatorNotReady
+    from tests.policy_helpers import make_tiny_export
+
+    export = make_tiny_export(tmp_path, "pi05_libero")
+    monkeypatch.setenv("MUJOCO_GL", "glx")
+    with pytest.raises(SimulatorNotReady) as err:
+        evaluate_export(export, DEMO_DATASET, [5], max_samples=2, out_dir=tmp_path / "out", sim_episodes=1)
+    message = str(err.value)
+    assert "\n" not in message and (
+        "MUJOCO_GL=egl or osmesa" in message or "steps.sim.libero.install" in message
+    )
+    assert not (tmp_path / "out" / "rollouts").exists()

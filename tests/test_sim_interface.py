@@ -108,3 +108,16 @@ def test_preflight_names_the_renderer_fix(monkeypatch):
         base.check_renderer()
     monkeypatch.setenv("MUJOCO_GL", "egl")
     assert base.check_renderer() == "egl"
+
+
+def test_a_simulator_python_of_its_own_runs_the_simulator_in_workers(monkeypatch):
+    """VLA_SFT_SIM_PYTHON_<NAME>: the hook for a simulator in its own venv (the worker imports steps.sim
+    only); here the same interpreter, so the test needs no second venv."""
+    import sys
+
+    monkeypatch.setenv("VLA_SFT_SIM_PYTHON_METAWORLD", sys.executable)
+    result = closed_loop.evaluate_closed_loop(
+        lambda obs: np.zeros((len(obs), 5, 4), np.float32), "metaworld", ["reach-v3"], 1, max_steps=5,
+        resolution=32, log=None,
+    )  # fmt: skip
+    assert result.timings["workers"] == 1 and result.episodes[0].steps == 5

@@ -64,12 +64,17 @@ def sim_tasks_for(
         return list(TASKS)
 
 
+# Default cap on simulator processes: a LIBERO task holds ~1.8 GB (scene textures, renderer buffers).
+MAX_DEFAULT_SIM_WORKERS = 16
+
+
 def sim_workers_for(workers: int | None, episodes: int) -> int:
-    """Simulator processes: as asked, else one per core up to one per episode (0 for a single episode:
-    a worker would only add its start-up)."""
+    """Simulator processes: as asked, else one per usable core, at most one per episode and
+    MAX_DEFAULT_SIM_WORKERS (0 for a single episode: a worker would only add its start-up)."""
     if workers is not None:
         return workers
-    return 0 if episodes <= 1 else min(os.cpu_count() or 1, episodes)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if episodes <= 1 else min(cores, episodes, MAX_DEFAULT_SIM_WORKERS)
 
 
 def _image_resolution(dataset_root: str | os.PathLike, camera_key: str) -> int:
@@ -118,6 +123,12 @@ def evaluate_export(
     out = Path(out_dir) if out_dir is not None else None
 
     policy = Policy.from_export(export_dir, device=device, seed=seed)
+    ct = policy.config_type
+    if ct.simulator and sim_episodes > 0:
+        from steps.sim.base import simulator_class
+
+        # Renderer, package and assets first: one line naming the fix, before minutes of offline evaluation.
+        simulator_class(ct.simulator).preflight()
     offline = evaluate_offline(
         policy, dataset_root, episodes, num_samples=max_samples, batch_size=batch_size,
         seed=int(train_config.get("seed", seed)), out_dir=out,
@@ -127,12 +138,9 @@ def evaluate_export(
     artifacts = {f"plots/{Path(path).name}": str(path) for path in offline.plots.values()}
     details: dict = {"offline_seconds": offline.seconds}
 
-    ct = policy.config_type
     if ct.simulator and sim_episodes > 0:
         from steps.evaluate.closed_loop import evaluate_closed_loop
-        from steps.sim.base import simulator_class
 
-        simulator_class(ct.simulator).preflight()  # one line naming the fix, before any episode
         tasks = sim_tasks_for(dataset_root, sim_tasks, ct.simulator, sim_suite)
         workers = sim_workers_for(sim_workers, len(tasks) * sim_episodes)
         sim = evaluate_closed_loop(

@@ -188,3 +188,17 @@ def check_renderer(timeout_s: float = 120.0) -> str:
             "(bash .ci/install_system_packages.sh) or set MUJOCO_GL=osmesa / egl"
         )
     return backend
+
+
+def import_triton_before_mesa() -> None:
+    """Import triton (shipped with Linux builds of torch) before Mesa starts its software renderer.
+
+    Mesa's llvmpipe (EGL and OSMesa alike) loads the system libLLVM; importing triton after that
+    segfaults the process (Mesa 22.3 / LLVM 15 with triton 3.8), and torch imports triton lazily, e.g.
+    the first time a model is built under a device context. In the other order both work. Every simulator
+    that renders in a process that may also run the policy calls this first.
+    """
+    import importlib.util
+
+    if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401

@@ -104,6 +104,7 @@ class LiberoTaskEnv:
     ``observe()`` (dataset-layout observation), ``raw_observation()`` (robosuite's dict, cameras included)."""
 
     def __init__(self, task: str, *, resolution: int = DEFAULT_RESOLUTION):
+        from steps.sim.base import import_triton_before_mesa
         from steps.sim.libero.runtime import configure
 
         (self.task,) = suites.check_task_names([task])
@@ -113,6 +114,7 @@ class LiberoTaskEnv:
         self.prompt = suites.task_prompt(self.task)
         self.resolution = resolution
         configure()
+        import_triton_before_mesa()  # the policy may run in this process (steps.sim.base explains)
         from libero.libero import get_libero_path
         from libero.libero.envs import OffScreenRenderEnv
 
