@@ -18,6 +18,13 @@ conventions, so the rollout loop (``steps.sim.rollout``) and the policy stay the
 Implementations are registered by name in ``SIMULATORS`` (a config type's ``simulator:``) and are
 built in-process or inside a worker process (``steps.sim.worker``), possibly in the simulator's own
 venv: this module, like ``rollout`` and ``wire``, imports numpy and the standard library only.
+
+Adding a simulator: a subpackage ``steps/sim/<name>/`` whose ``sim.py`` subclasses ``Simulator`` (the
+``benchmark`` facts, ``check_tasks`` / ``max_steps`` / ``group``, ``preflight``, ``video_keys``) and
+imports the simulator itself only inside methods; its name here and in
+``data_adapters.config_types.SIMULATORS``; its conventions (image orientation, state, settling steps, step
+limits, episode starts) documented in its module and tested against the simulator (tests/test_libero.py
+shows how); evaluation then works through ``steps.evaluate.closed_loop.evaluate_closed_loop`` unchanged.
 """
 
 from __future__ import annotations
