@@ -12,6 +12,13 @@ import dataclasses
 from data_adapters.config_types import ConfigType, TrainPreset
 
 _CAMERAS = {"base_0_rgb": ("image",), "left_wrist_0_rgb": ("wrist_image",), "right_wrist_0_rgb": ()}
+# What openpi's LIBERO example client sends (examples/libero/main.py): images already uint8 HWC.
+_CLIENT_KEYS = {
+    "image": "observation/image",
+    "wrist_image": "observation/wrist_image",
+    "state": "observation/state",
+    "task": "prompt",
+}
 
 PI0_LIBERO = ConfigType(
     name="pi0_libero",
@@ -30,6 +37,7 @@ PI0_LIBERO = ConfigType(
     normalization="zscore",
     dataset_id="physical-intelligence/libero",
     dataset_revision=None,
+    client_keys=_CLIENT_KEYS,
 )
 
 # openpi's own pi05_libero recipe: large batch, long warmup, flat LR afterwards, slow EMA. Robot
