@@ -174,7 +174,9 @@ def main() -> None:
                 for k, p in pooled.items()]  # fmt: skip
 
     med = statistics.median
-    command = "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/bench_serve.py " + " ".join(
+        a for a in sys.argv[1:] if a != "--append-results"
+    )
     lines = [
         f"### {date.today().isoformat()} · {_machine(args.device)} · `{command.strip()}`",
         "",
@@ -184,8 +186,8 @@ def main() -> None:
         f"{args.rounds} rounds x ({args.warmup} warm-up + {args.requests} timed requests per client), "
         f"torch threads {args.threads or 'default'}; pooled over rounds.",
         "",
-        "| clients | round trip ms (median / p90 / max) | server infer ms (median) | overhead ms (median round trip "
-        "- in-process) | throughput req/s | connect ms |",
+        "| clients | round trip ms (median / p90 / max) | server infer ms (median) | round trip - in-process ms "
+        "(medians) | throughput req/s | connect ms |",
         "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for k, round_trip, infer, throughput, connect in rows:
