@@ -29,6 +29,7 @@ from steps.config.run_config import (
     RunConfig,
     TrainSection,
 )
+from steps.errors import UserError
 from steps.evaluate.settings import check_sim_tasks, sim_settings
 from steps.fetch.run_inputs import PALIGEMMA_TOKENIZER_URL, TINY_TOKENIZER, check_tokenizer_spec
 from steps.train.launch import check_train_options
@@ -40,7 +41,7 @@ DEMO_DEFAULTS = {"max_steps": 40, "batch_size": 4, "learning_rate": 1e-3, "eval_
 DEFAULT_EVAL_SAMPLES = 256
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """A command-line value that cannot work; the message is one line naming the option."""
 
 
