@@ -88,7 +88,8 @@ class SFTFlow(FlowSpec):
         "learning_rate", default=None, type=float, help="Peak learning rate (default: preset)."
     )
     lora = Parameter("lora", default=False, type=bool, is_flag=True, help="LoRA instead of full fine-tuning.")
-    lora_rank = Parameter("lora_rank", default=32, type=int, help="LoRA rank (with --lora).")
+    lora_rank = Parameter("lora_rank", default=None, type=int,
+                          help="LoRA rank (only with --lora; default: the LoRA preset's, 32).")  # fmt: skip
     pretrained = Parameter("pretrained", default=None, type=str,
                            help="Base weights: local folder/file or Hub id (safetensors); none = random init.")  # fmt: skip
     tokenizer = Parameter("tokenizer", default=None, type=str,
