@@ -11,7 +11,8 @@ Cost and memory: the cache takes about as much disk as the image columns themsel
 compressed); LeRobot's own reader makes the same kind of copy through `datasets`. Nothing is loaded into
 process memory: pages of the mapping are file-backed, shared by all workers and reclaimable by the OS, so
 resident memory does not grow with the dataset. The cache file name is a hash of the dataset path, the
-selected episodes and the data files' sizes and modification times, so a changed dataset gets a new one.
+selected episodes and the data files' identities (``data_adapters.file_identity``: inode, size, mtime_ns,
+ctime_ns, parquet footer digest), so any write to a data file gets a new one.
 
 Each new split, dataset version or camera set adds a file, so the folder is kept under a size budget
 (``$VLA_SFT_IMAGE_CACHE_GB``, default 100): building or reusing a cache marks it used, then the least
@@ -39,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_adapters.cache_root import default_cache_root
+from data_adapters.file_identity import file_identity
 from data_adapters.lerobot_format import DatasetFormatError, DatasetMeta, EpisodeMeta
 
 _FORMAT_VERSION = 1
@@ -192,11 +194,10 @@ def _cache_key(meta: DatasetMeta, by_file: dict[str, list[EpisodeMeta]], keys: S
     files = {}
     for rel in by_file:
         try:
-            stat = (meta.root / rel).stat()
+            files[rel] = file_identity(meta.root / rel)
         except OSError as err:
             eps = [e.index for e in by_file[rel]]
             raise DatasetFormatError(f"missing data file {meta.root / rel} (episodes {eps})") from err
-        files[rel] = [stat.st_size, stat.st_mtime_ns]
     spec = {
         "format": _FORMAT_VERSION,
         "root": str(meta.root.resolve()),
