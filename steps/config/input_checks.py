@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -99,9 +100,9 @@ def check_train_config(rc, world_size: int) -> None:
                                     announce=False)  # fmt: skip
         config.resolve(world_size)
     except ValueError as exc:
-        field = str(exc).split(":", 1)[0]
-        prefix = "--train_options: " if field in (rc.train.options or {}) else ""
-        raise InputError(f"{prefix}{' '.join(str(exc).split())}") from None
+        message = " ".join(str(exc).split())  # "precision: must be ...", "lora.rank: ...", "global_batch: ..."
+        named = any(re.search(rf"\b{re.escape(name)}\b", message) for name in rc.train.options or {})
+        raise InputError(f"--train_options: {message}" if named else message) from None
 
 
 def _fits(value: Any, hint: Any) -> bool:
