@@ -189,6 +189,21 @@ def set_float_in_place(path: Path, old: float, new: float) -> None:
         handle.write(data)
 
 
+def corrupt_pngs(root: Path, camera: str = CAMERAS[0]) -> None:
+    """Zero 20 bytes of every ``camera`` PNG's image data in place (a v2.0 dataset from write_libero_v20):
+    the parquet files stay valid, decoding any of those images fails."""
+    c = CAMERAS.index(camera)
+    for ep, n in enumerate(LENGTHS):
+        path = root / data_file(ep)
+        data = bytearray(path.read_bytes())
+        for t in range(n):
+            png = _png(image(ep, t, c))
+            at = data.find(png) + png.find(b"IDAT") + 10
+            data[at : at + 20] = bytes(20)
+        with open(path, "r+b") as handle:
+            handle.write(data)
+
+
 def config_yaml(path: Path, dataset: Path, name: str = "foreign_libero") -> Path:
     """A custom config type naming ``dataset`` itself (pi05_libero's schema: image, wrist_image, state, actions)."""
     path.write_text(f"extends: pi05_libero\nname: {name}\ndataset:\n  path: {dataset}\n")

@@ -565,12 +565,12 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 def report_user_error(exc: BaseException, error_json: str) -> None:
-    """One line on stderr, the traceback in a file beside ``error_json``, the error in ``error_json``."""
+    """The error in ``error_json`` and its traceback in a file beside it; the launching step shows it (as one
+    line: nothing is printed here, so the console does not show it twice)."""
     from steps import errors
 
     rank = int(os.environ.get("RANK", "0"))
     path = Path(error_json)
-    print(f"{errors.headline(exc)}: {errors.one_line(exc)}", file=sys.stderr, flush=True)
     saved = errors.save_traceback(exc, path.with_name(f"{path.stem}.rank{rank}.traceback.txt"))
     # Every failing rank writes the same file (atomically): any one of them is the error to show.
     errors.write_error_file(path, exc, saved)
