@@ -100,7 +100,8 @@ def check_train_config(rc, world_size: int) -> None:
                                     announce=False)  # fmt: skip
         config.resolve(world_size)
     except ValueError as exc:
-        message = " ".join(str(exc).split())  # "precision: must be ...", "lora.rank: ...", "global_batch: ..."
+        # "precision: must be ...", "lora.rank: ...", "global_batch: ... micro_batch 3"
+        message = " ".join(str(exc).split())
         named = any(re.search(rf"\b{re.escape(name)}\b", message) for name in rc.train.options or {})
         raise InputError(f"--train_options: {message}" if named else message) from None
 
