@@ -6,9 +6,12 @@ where it lives, batch, steps, learning rate, LoRA, evaluation, cluster shape, tr
 raises ``InputError`` with one line that names the option and the bad value, so the user fixes it
 without reading a traceback.
 
-Checked: config type (name or YAML), numeric overrides, LoRA rank, pretrained path, dataset
-(a local folder must exist and match the config type's schema; ``metaworld://`` URIs must parse;
-Hub ids must be cached or exist on the Hub), global batch divisible by the world size, MLflow reachability.
+Checked: config type (name or YAML), numeric overrides, LoRA rank (only with --lora), pretrained weights
+(a local file's safetensors header, length and pi0 / pi0.5 keys; a Hub id's form), dataset (a local folder
+must exist and match the config type's schema; ``metaworld://`` URIs must parse; Hub ids must be cached or
+exist on the Hub), held-out episodes against meta/info.json's episode count, global batch divisible by the
+world size, every ``--train_options`` value (type, then the TrainConfig's own validation), MLflow
+reachability (``steps.config.input_checks`` holds the checks that read files).
 No torch, no mlflow import: this runs in the first seconds of a run.
 """
 
