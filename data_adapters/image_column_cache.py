@@ -197,7 +197,7 @@ def _cache_key(meta: DatasetMeta, by_file: dict[str, list[EpisodeMeta]], keys: S
             files[rel] = file_identity(meta.root / rel)
         except OSError as err:
             eps = [e.index for e in by_file[rel]]
-            raise DatasetFormatError(f"missing data file {meta.root / rel} (episodes {eps})") from err
+            raise DatasetFormatError(f"missing data file {meta.root / rel} ({_episodes_text(eps)})") from err
     spec = {
         "format": _FORMAT_VERSION,
         "root": str(meta.root.resolve()),
@@ -231,7 +231,7 @@ def _write_cache(
 def _iter_episode_images(meta: DatasetMeta, rel: str, eps: list[EpisodeMeta], keys: Sequence[str]):
     """Yield, in row order, lists of large_binary arrays (one per key) for the episodes' rows."""
     file_path = meta.root / rel
-    names = ", ".join(str(e.index) for e in eps)
+    names = _episodes_text([e.index for e in eps])
     try:
         # Streamed reads (buffer_size) keep only a page or so per column in memory, not whole row groups.
         parquet = pq.ParquetFile(file_path, buffer_size=1 << 20, pre_buffer=False)
@@ -248,11 +248,11 @@ def _iter_episode_images(meta: DatasetMeta, rel: str, eps: list[EpisodeMeta], ke
                     ]
             offset = batch_stop
     except (OSError, pa.ArrowException) as err:
-        raise DatasetFormatError(f"corrupt parquet file {file_path} (episodes {names}): {err}") from err
+        raise DatasetFormatError(f"corrupt parquet file {file_path} ({names}): {err}") from err
     last = max(stop for _, stop, _ in wanted)
     if offset < last:
         raise DatasetFormatError(
-            f"data file {file_path} has {offset} rows but episodes {names} need {last} (truncated file?)"
+            f"data file {file_path} has {offset} rows but {names} need {last} (truncated file?)"
         )
 
 
@@ -281,3 +281,8 @@ def _image_bytes(
             )
         values.append(blob)
     return pa.array(values, type=pa.large_binary())
+
+
+def _episodes_text(indices: list[int]) -> str:
+    """``episode 4`` or ``episodes 1, 2, 3``, for messages."""
+    return f"episode {indices[0]}" if len(indices) == 1 else "episodes " + ", ".join(str(i) for i in indices)
