@@ -76,6 +76,21 @@ def test_in_place_value_change_with_the_same_size_is_not_served_from_the_cache(l
     assert not list(cache.rglob(".*tmp*"))
 
 
+def test_a_hub_snapshot_is_found_by_its_commit(libero_v20, tmp_path, caplog):
+    """A Hub snapshot never changes under its commit: the cache trusts the commit, not file identities."""
+    root, cache = _copy(libero_v20, tmp_path / "ds"), tmp_path / "cache"
+    first = compute_norm_stats(CT, root, [0, 1, 2], revision="a" * 40, cache_dir=cache)
+    moved = Path(shutil.move(root, tmp_path / "snapshot"))  # another folder, the same commit
+    with caplog.at_level(logging.INFO, logger="steps.stats.norm_stats"):
+        again = compute_norm_stats(CT, moved, [0, 1, 2], revision="a" * 40, cache_dir=cache)
+    assert "cache hit" in caplog.text and again.metadata["dataset"]["root"] == str(moved.resolve())
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="steps.stats.norm_stats"):
+        other = compute_norm_stats(CT, moved, [0, 1, 2], revision="b" * 40, cache_dir=cache)
+    assert "cache hit" not in caplog.text and other.metadata["dataset"]["revision"] == "b" * 40
+    assert other.metadata["cache_key"] == first.metadata["cache_key"]  # same values, same content key
+
+
 def test_a_held_out_episode_with_a_nan_fails_the_stats_step_and_caches_nothing(libero_v20, tmp_path):
     root, cache = _copy(libero_v20, tmp_path / "ds"), tmp_path / "cache"
     fd.set_float_in_place(root / fd.data_file(3), float(fd.action(3, 6)[5]), float("nan"))
