@@ -132,9 +132,8 @@ def build_model(cfg: TrainConfig, ct, precision: str, *, load_weights: bool = Tr
             load_pretrained(model, cfg.pretrained, revision=cfg.pretrained_revision, strict=True)
         except CheckpointError as exc:
             # Still a CheckpointError (a user error, shown as one line), now naming the option.
-            raise CheckpointError(
-                f"pretrained (for model {ct.model_type}/{cfg.model_variant}): {exc}"
-            ) from exc
+            raise CheckpointError(f"pretrained: {cfg.pretrained} does not fit model {ct.model_type}/{cfg.model_variant}: "
+                                  f"{exc}") from exc  # fmt: skip
     else:
         model = Pi0Model(model_config)
     if cfg.lora is not None:
