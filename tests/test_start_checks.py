@@ -77,6 +77,10 @@ def test_pretrained_weights_are_read_and_must_fit_the_model_type(tmp_path, local
     (tmp_path / "pi05").mkdir()
     pi05 = _checkpoint(tmp_path / "pi05" / "model.safetensors", "pi05")
     assert _validate(tmp_path, pretrained=str(pi05.parent), **run).model.pretrained == str(pi05.parent)
+    # The size must fit too: real-size weights for a tiny model are refused.
+    tiny = {"model_variant": "tiny"}
+    _refused(tmp_path, f"--pretrained: {pi05.parent}: action_in_proj.weight has shape [1024, 32], but a tiny pi05 "
+             "model needs [32, 32]", pretrained=str(pi05.parent), train_options=tiny, **run)  # fmt: skip
     size = pi05.stat().st_size
     with open(pi05, "r+b") as handle:  # cut short: the header is intact, the tensor data is not
         handle.truncate(size - 100)

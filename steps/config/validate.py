@@ -159,7 +159,7 @@ def check_s3_dataset(uri: str, ct, check_remote: bool = True, timeout_s: float =
     return info
 
 
-def _check_pretrained(pretrained: str | None, demo: bool, model_type: str) -> None:
+def _check_pretrained(pretrained: str | None, demo: bool, model_type: str, variant: Any = "real") -> None:
     if pretrained is None:
         return
     if demo:
@@ -167,7 +167,10 @@ def _check_pretrained(pretrained: str | None, demo: bool, model_type: str) -> No
     if pretrained.startswith(("/", "./", "../", "~")) or Path(pretrained).exists():
         if not Path(pretrained).expanduser().exists():
             raise InputError(f"--pretrained: local path {pretrained} does not exist")
-        check_pretrained_weights(pretrained, model_type)
+        from model_zoo.config import MODEL_BUNDLES
+
+        # The model size the weights must fit (--train_options may pick another; a bad name is its own error).
+        check_pretrained_weights(pretrained, model_type, variant if variant in MODEL_BUNDLES else "real")
         return
     if "@" in pretrained and _HUB_ID.match(pretrained.split("@")[0]):
         raise InputError(
@@ -266,7 +269,7 @@ def validate_run_inputs(
     if not isinstance(eval_episodes, int) or eval_episodes < 0:
         raise InputError(f"--eval_episodes: must be an integer >= 0, got {eval_episodes!r}")
     if not is_text:  # text: --pretrained names the base model, with or without --demo
-        _check_pretrained(pretrained, demo, ct.model_type)
+        _check_pretrained(pretrained, demo, ct.model_type, (train_options or {}).get("model_variant", "real"))
 
     if demo:
         max_steps = max_steps or DEMO_DEFAULTS["max_steps"]
