@@ -40,9 +40,9 @@ class ModelSection:
 class DataSection:
     # The resolved config type: key mapping, horizon, normalization, training preset.
     config_type: ConfigType | TextConfigType
-    # The dataset: local path (absolute), Hub id, s3:// or metaworld:// URI, or the demo marker.
+    # The dataset: local path (absolute), Hub id, s3://, metaworld:// or maniskill:// URI, or the demo marker.
     dataset: str
-    # "local" | "hub" | "s3" | "metaworld" | "demo".
+    # "local" | "hub" | "s3" | "metaworld" | "maniskill" | "demo".
     dataset_kind: str
     dataset_revision: str | None = None
     # VLA: a SentencePiece spec ("tiny", a file, https://, hf://); text: a tokenizer folder / Hub id or

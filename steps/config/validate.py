@@ -7,7 +7,8 @@ raises ``InputError`` with one line that names the option and the bad value, so 
 without reading a traceback.
 
 Checked: config type (name or YAML), numeric overrides, LoRA rank, pretrained path, dataset
-(a local folder must exist and match the config type's schema; ``metaworld://`` URIs must parse;
+(a local folder must exist and match the config type's schema; ``metaworld://`` URIs must parse,
+``maniskill://`` ones too and fit the config type;
 Hub ids must be cached or exist on the Hub), global batch divisible by the world size, MLflow reachability.
 No torch, no mlflow import: this runs in the first seconds of a run.
 """
@@ -62,13 +63,15 @@ def _positive(name: str, value: Any, kind=int) -> None:
 
 
 def classify_dataset(dataset: str) -> str:
-    """'local' | 's3' | 'metaworld' | 'hub' | 'demo' for a --dataset value."""
+    """'local' | 's3' | 'metaworld' | 'maniskill' | 'hub' | 'demo' for a --dataset value."""
     if dataset == DEMO_DATASET:
         return "demo"
     if dataset.startswith("s3://"):
         return "s3"
     if dataset.startswith("metaworld://"):
         return "metaworld"
+    if dataset.startswith("maniskill://"):
+        return "maniskill"
     if dataset.startswith(("/", "./", "../", "~", "file://")) or Path(dataset).exists():
         return "local"
     if _HUB_ID.match(dataset):
@@ -256,6 +259,13 @@ def validate_run_inputs(
 
         try:
             parse_metaworld_uri(dataset)
+        except ValueError as exc:
+            raise InputError(f"--dataset: {_one_line(exc)}") from None
+    elif kind == "maniskill":
+        from steps.sim.maniskill.demonstrations import check_maniskill_source
+
+        try:
+            check_maniskill_source(dataset, ct)
         except ValueError as exc:
             raise InputError(f"--dataset: {_one_line(exc)}") from None
     elif kind == "hub" and check_remote:

@@ -1,0 +1,210 @@
+"""ManiSkill3: the task table and maniskill:// source (fast), and, in the ManiSkill venv, motion-planned
+demonstrations read back through our reader in the pi0_maniskill schema, the shipped demo dataset, the
+Vulkan check, and the worker's errors.
+
+The slow tests need the ManiSkill venv (``python -m steps.sim.maniskill.venv``) and a Vulkan device (Mesa >=
+25); without them they skip, unless ``VLA_SFT_REQUIRE_MANISKILL=1`` (.ci/run sets it) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data_adapters.config_types import validate_against_dataset
+from data_adapters.registry import get_config_type
+from steps.sim.maniskill import demonstrations as ms_data
+from steps.sim.maniskill import tasks as ms_tasks
+
+RES = 64
+
+
+# ------------------------------------------------------------------------------------------- fast
+def test_task_table_refuses_unknown_and_download_tasks():
+    assert ms_tasks.check_task_names(["PickCube-v1", "StackCube-v1"]) == ("PickCube-v1", "StackCube-v1")
+    with pytest.raises(ValueError, match=r"PickSingleYCB-v1 needs an asset download.*PickCube-v1"):
+        ms_tasks.check_task_names(["PickSingleYCB-v1"])
+    with pytest.raises(ValueError, match=r"unknown ManiSkill task 'PickCube-v9'"):
+        ms_tasks.check_task_names(["PickCube-v9"])
+    with pytest.raises(ValueError, match="non-empty list"):
+        ms_tasks.check_task_names("PickCube-v1")
+    assert ms_tasks.max_steps("PickCube-v1") == 200 and "red cube" in ms_tasks.prompt("PickCube-v1")
+
+
+def test_uri_parses_into_spec_and_cache_key():
+    spec = ms_data.parse_maniskill_uri("maniskill://tasks=PickCube-v1,StackCube-v1&episodes=3&resolution=96")
+    assert spec.tasks == ("PickCube-v1", "StackCube-v1") and spec.episodes == 3 and spec.resolution == 96
+    assert spec.cache_key().startswith("ms-2tasks-3ep-96px-")
+    assert (
+        spec.cache_key()
+        != ms_data.parse_maniskill_uri(
+            "maniskill://tasks=PickCube-v1,StackCube-v1&episodes=3&resolution=96&seed=1"
+        ).cache_key()
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("maniskill://episodes=3", "missing tasks"),
+        ("maniskill://tasks=PickCube-v1&episodes=x", "episodes must be an integer"),
+        ("maniskill://tasks=PickCube-v1&colour=red", "cannot read 'colour=red'"),
+        ("maniskill://tasks=PickCube-v1&resolution=8", "resolution: expected 16..1024"),
+        ("maniskill://tasks=PickSingleYCB-v1", "needs an asset download"),
+        ("metaworld://tasks=reach-v3", "expected a URI starting with 'maniskill://'"),
+    ],
+)
+def test_bad_uri_is_refused_naming_the_field(uri, message):
+    with pytest.raises(ValueError, match=message):
+        ms_data.parse_maniskill_uri(uri)
+
+
+def test_source_must_fit_the_config_type():
+    features = ms_data.maniskill_features(128)
+    for name in ("pi0_maniskill", "pi05_maniskill"):
+        cfg = get_config_type(name)
+        assert cfg.simulator == "maniskill"
+        validate_against_dataset(cfg, {"features": features})
+        ms_data.check_maniskill_source("maniskill://tasks=PickCube-v1", cfg)
+    with pytest.raises(ValueError, match=r"does not fit: config type 'pi05_libero': cameras names 'image'"):
+        ms_data.check_maniskill_source("maniskill://tasks=PickCube-v1", get_config_type("pi05_libero"))
+
+
+def test_start_accepts_a_maniskill_source_and_names_the_option(tmp_path):
+    from steps.config.validate import InputError, validate_run_inputs
+
+    common = dict(tracking_uri=f"file://{tmp_path}/mlruns", check_tracking=False, check_remote=False)
+    rc = validate_run_inputs(config_type="pi05_maniskill", dataset="maniskill://tasks=PickCube-v1&episodes=4",
+                             **common)  # fmt: skip
+    assert (
+        rc.data.dataset_kind == "maniskill" and rc.data.dataset == "maniskill://tasks=PickCube-v1&episodes=4"
+    )
+    with pytest.raises(InputError, match=r"--dataset: .*unknown ManiSkill task 'Nope-v1'"):
+        validate_run_inputs(config_type="pi05_maniskill", dataset="maniskill://tasks=Nope-v1", **common)
+    with pytest.raises(InputError, match=r"--dataset: .*does not fit: config type 'pi05_metaworld'"):
+        validate_run_inputs(config_type="pi05_metaworld", dataset="maniskill://tasks=PickCube-v1", **common)
+
+
+# ------------------------------------------------------------------------------------------- slow
+def _need_maniskill() -> None:
+    from steps.sim.maniskill.venv import is_ready, venv_dir
+
+    if is_ready():
+        return
+    why = f"no ManiSkill venv at {venv_dir()} (python -m steps.sim.maniskill.venv builds it)"
+    if os.environ.get("VLA_SFT_REQUIRE_MANISKILL") == "1":
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """PickCube-v1 x 3 planned episodes at 64², AV1, through the cached maniskill:// source."""
+    _need_maniskill()
+    cache = tmp_path_factory.mktemp("ms_cache")
+    uri = f"maniskill://tasks=PickCube-v1&episodes=3&resolution={RES}"
+    root = ms_data.fetch_maniskill(uri, cache)
+    return uri, cache, root
+
+
+@pytest.mark.slow
+def test_generated_dataset_reads_back_in_the_pi0_maniskill_schema(generated):
+    from data_adapters.lerobot_format import INFO_PATH, read_meta
+    from data_adapters.lerobot_reader import LeRobotFrames, read_numeric
+
+    _, _, root = generated
+    cfg = get_config_type("pi0_maniskill")
+    info = json.loads((root / INFO_PATH).read_text())
+    validate_against_dataset(cfg, info)
+    meta = read_meta(root)
+    assert meta.version == "v3.0" and meta.fps == 20 and len(meta.episodes) == 3
+    assert meta.features["observation.images.top"]["shape"] == [RES, RES, 3]
+    assert meta.features["observation.state"]["names"] == ms_data.STATE_NAMES
+    assert meta.features["actions"]["names"] == ms_data.ACTION_NAMES
+    gen = ms_data.read_generation_meta(root)
+    assert gen["control_mode"] == "pd_ee_delta_pose" and [e["seed"] for e in gen["episodes"]] == [0, 1, 2]
+    numeric = read_numeric(root, ["observation.state", "actions", "next.success"])
+    for ep in gen["episodes"]:
+        values = numeric[ep["episode_index"]]
+        assert values.shape == (ep["length"], 15)
+        state, actions, success = values[:, :7], values[:, 7:14], values[:, 14].astype(bool)
+        assert success[-1] and not success[:-1].any()  # stops at the first success
+        assert np.abs(actions).max() <= 1.0 + 1e-6 and set(np.unique(actions[:, 6])) <= {-1.0, 1.0}
+        assert state[:, 6].min() >= -0.001 and state[:, 6].max() <= 0.081  # gripper opening in metres
+        assert state[0, 6] > 0.07 and state[:, 6].min() < 0.05  # starts open, closes on the cube
+    frames = LeRobotFrames(root, state_keys=cfg.state_keys, action_keys=cfg.action_keys,
+                           camera_keys=cfg.camera_keys, horizon=cfg.action_horizon)  # fmt: skip
+    item = frames[0]
+    image = item["images"]["observation.images.top"]
+    assert image.shape == (RES, RES, 3) and image.dtype == np.uint8 and image.std() > 10
+    assert item["state"].shape == (7,) and item["actions"].shape == (cfg.action_horizon, 7)
+    assert item["task"] == ms_tasks.prompt("PickCube-v1")
+
+
+@pytest.mark.slow
+def test_fetch_reuses_the_cache(generated):
+    uri, cache, root = generated
+    lines: list[str] = []
+    assert ms_data.fetch_maniskill(uri, cache, log=lines.append) == root
+    assert lines == [f"[maniskill] cached: {root}"]
+
+
+@pytest.mark.slow
+def test_generate_refuses_a_non_empty_output(tmp_path):
+    (tmp_path / "x").write_text("")
+    with pytest.raises(FileExistsError, match="not empty"):
+        ms_data.generate_demonstrations(ms_data.ManiskillDataSpec(tasks=("PickCube-v1",)), tmp_path)
+
+
+@pytest.mark.slow
+def test_shipped_demo_dataset_fits_pi05_maniskill():
+    from data_adapters.lerobot_format import INFO_PATH
+    from steps.fetch.run_inputs import demo_dataset
+
+    cfg = get_config_type("pi05_maniskill")
+    assert demo_dataset(cfg) == ms_data.DEMO_DATASET
+    validate_against_dataset(cfg, json.loads((ms_data.DEMO_DATASET / INFO_PATH).read_text()))
+    gen = ms_data.read_generation_meta(ms_data.DEMO_DATASET)
+    assert gen["control_mode"] == "pd_ee_delta_pose" and {e["task"] for e in gen["episodes"]} == {
+        "PickCube-v1"
+    }
+
+
+@pytest.mark.slow
+def test_vulkan_check_names_the_package_when_no_driver_loads(monkeypatch):
+    from steps.sim.maniskill.venv import check_vulkan, require_python
+
+    _need_maniskill()
+    check_vulkan()  # the machine's own driver works
+    monkeypatch.setenv("VK_ICD_FILENAMES", "/nonexistent/icd.json")  # the loader then finds no driver
+    with pytest.raises(RuntimeError, match=r"install mesa-vulkan-drivers >= 25.*SAPIEN said: .*Incompatible"):
+        check_vulkan(require_python())
+
+
+@pytest.mark.slow
+def test_worker_errors_reach_the_caller_as_one_line():
+    from steps.sim.maniskill.env import ManiskillEnv
+
+    _need_maniskill()
+    with ManiskillEnv("PushCube-v1", resolution=None) as env:
+        with pytest.raises(RuntimeError, match="send 'make' first|reset"):
+            env._call({"op": "bogus"})
+        with pytest.raises(ValueError, match="action: expected 7 floats"):
+            env.step(np.zeros(3))
+        with pytest.raises(RuntimeError, match="without a camera"):
+            env.render()
+        assert env.reset(0).shape == (7,)
+
+
+def test_worker_module_imports_nothing_of_the_project_but_two_pure_modules():
+    # The worker runs under the ManiSkill venv's numpy 1.26 with only the repository on PYTHONPATH.
+    code = ("import sys, steps.sim.maniskill.worker; "
+            "print(sorted(m for m in sys.modules if m.startswith(('steps', 'data_adapters', 'model_zoo'))))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert eval(out) == ["steps", "steps.sim", "steps.sim.maniskill", "steps.sim.maniskill.protocol",
+                         "steps.sim.maniskill.tasks", "steps.sim.maniskill.worker"]  # fmt: skip
