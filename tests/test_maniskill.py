@@ -131,7 +131,7 @@ def test_generated_dataset_reads_back_in_the_pi0_maniskill_schema(generated):
     numeric = read_numeric(root, ["observation.state", "actions", "next.success"])
     for ep in gen["episodes"]:
         values = numeric[ep["episode_index"]]
-        assert values.shape == (ep["length"], 15)
+        assert values.shape == (ep["length"], 15)  # state 7 + actions 7 + success 1
         state, actions, success = values[:, :7], values[:, 7:14], values[:, 14].astype(bool)
         assert success[-1] and not success[:-1].any()  # stops at the first success
         assert np.abs(actions).max() <= 1.0 + 1e-6 and set(np.unique(actions[:, 6])) <= {-1.0, 1.0}
@@ -186,25 +186,104 @@ def test_vulkan_check_names_the_package_when_no_driver_loads(monkeypatch):
         check_vulkan(require_python())
 
 
+def _demo_episodes(root, count: int) -> list[tuple[int, np.ndarray]]:
+    from data_adapters.lerobot_reader import read_numeric
+
+    gen = ms_data.read_generation_meta(root)
+    numeric = read_numeric(root, ["actions"])
+    return [(ep["seed"], numeric[ep["episode_index"]]) for ep in gen["episodes"][:count]]
+
+
+class ReplayPolicy:
+    """Plays stored episodes' actions back, one episode after the other (one worker runs them in order):
+    the first query of an episode gets its whole action sequence as one chunk, later ones hold still."""
+
+    def __init__(self, episodes: list[tuple[int, np.ndarray]]):
+        self.episodes, self.current, self.fresh = list(episodes), -1, False
+
+    def start(self) -> None:
+        self.current, self.fresh = self.current + 1, True
+
+    def __call__(self, observations: list[dict]) -> list[np.ndarray]:
+        assert len(observations) == 1 and observations[0]["state"].shape == (7,)
+        if self.fresh:
+            self.fresh = False
+            return [self.episodes[self.current][1]]
+        return [np.zeros((1, 7), np.float32)]  # plan exhausted without success: keep the arm still
+
+
 @pytest.mark.slow
-def test_worker_errors_reach_the_caller_as_one_line():
-    from steps.sim.maniskill.env import ManiskillEnv
+def test_planned_demonstrations_replayed_through_the_rollout_loop_succeed(tmp_path):
+    """The action path end to end: a dataset's stored actions, in the dataset's control mode, through the
+    one rollout loop and a worker of the ManiSkill venv, solve the task again from the stored seeds."""
+    from steps.evaluate.export_eval import sim_options_for
+    from steps.sim.rollout import run_benchmark
 
     _need_maniskill()
-    with ManiskillEnv("PushCube-v1", resolution=None) as env:
-        with pytest.raises(RuntimeError, match="send 'make' first|reset"):
-            env._call({"op": "bogus"})
-        with pytest.raises(ValueError, match="action: expected 7 floats"):
-            env.step(np.zeros(3))
-        with pytest.raises(RuntimeError, match="without a camera"):
-            env.render()
-        assert env.reset(0).shape == (7,)
+    episodes = _demo_episodes(ms_data.DEMO_DATASET, 6)
+    policy = ReplayPolicy(episodes)
+    result = run_benchmark(
+        "maniskill", policy, ["PickCube-v1"], len(episodes), [seed for seed, _ in episodes],
+        options={"resolution": None, **sim_options_for(ms_data.DEMO_DATASET, "maniskill")},
+        max_steps=max(len(a) for _, a in episodes) + 10, workers=1, on_episode_start=policy.start, log=None,
+    )  # fmt: skip
+    assert sim_options_for(ms_data.DEMO_DATASET, "maniskill") == {"control_mode": "pd_ee_delta_pose"}
+    assert result.success_rate >= 0.8, result.episodes
+    assert [o.seed for o in result.episodes] == [seed for seed, _ in episodes]
+    for outcome, (_, actions) in zip(result.episodes, episodes, strict=True):
+        assert not outcome.success or outcome.steps == len(actions)  # succeeds on the recorded step
+    assert result.metrics()["sim/success/PickCube-v1"] == result.success_rate
 
 
-def test_worker_module_imports_nothing_of_the_project_but_two_pure_modules():
-    # The worker runs under the ManiSkill venv's numpy 1.26 with only the repository on PYTHONPATH.
-    code = ("import sys, steps.sim.maniskill.worker; "
-            "print(sorted(m for m in sys.modules if m.startswith(('steps', 'data_adapters', 'model_zoo'))))")  # fmt: skip
+@pytest.mark.slow
+def test_tiny_policy_rollout_gives_success_metrics_and_a_video(tmp_path):
+    from steps.evaluate.export_eval import evaluate_export
+    from tests.policy_helpers import make_tiny_export
+
+    _need_maniskill()
+    export = make_tiny_export(tmp_path, "pi05_maniskill")
+    result = evaluate_export(export, ms_data.DEMO_DATASET, [0], max_samples=2, batch_size=2,
+                             out_dir=tmp_path / "out", sim_episodes=1, sim_max_steps=12, sim_workers=1)  # fmt: skip
+    m = result.metrics
+    assert m["sim/episodes"] == 1.0 and 0.0 <= m["sim/success/PickCube-v1"] <= 1.0
+    assert m["sim/category/tabletop"] == m["sim/success_rate"]
+    assert result.details["sim_tasks"] == ["PickCube-v1"]  # the dataset's tasks
+    gifs = [p for n, p in result.artifacts.items() if n.endswith(".gif")]
+    assert len(gifs) == 1 and "PickCube-v1_ep0_seed1000" in gifs[0]
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(gifs[0])
+    assert len(frames) >= 6 and frames[0].shape[:2] == (128, 128)  # every 2nd of 12 steps, + the first
+
+
+@pytest.mark.slow
+def test_worker_refuses_methods_that_are_not_remote_and_bad_actions():
+    from steps.sim.maniskill.sim import ManiskillSimulator
+    from steps.sim.worker import Worker, WorkerError
+
+    _need_maniskill()
+    sim = Worker("maniskill", {"resolution": None}, python=ManiskillSimulator.own_python(), name="ms-test")
+    try:
+        sim.send("call", method="close", kwargs={})
+        with pytest.raises(WorkerError, match=r"'close' is not one of the simulator's remote methods"):
+            sim.recv()
+        sim.send("reset", task="PushCube-v1", episode=0, seed=0)
+        obs = sim.recv()["obs"]
+        assert obs["state"].shape == (7,) and "images" not in obs
+        sim.send("step", action=np.zeros(3), observe=False)
+        with pytest.raises(WorkerError, match="expected an action of 7 finite numbers"):
+            sim.recv()
+    finally:
+        sim.close()
+
+
+def test_what_the_maniskill_venv_imports_of_the_project_is_numpy_only():
+    # The worker runs under the ManiSkill venv's numpy 1.26 with only the repository on PYTHONPATH: building
+    # the simulator there must not pull in data_adapters / model_zoo (pandas, the main env's torch, ...).
+    code = ("import json, sys; from steps.sim.base import simulator_class; import steps.sim.worker; "
+            "simulator_class('maniskill'); print(json.dumps(sorted(m for m in sys.modules "
+            "if m.startswith(('steps', 'data_adapters', 'model_zoo')))))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert eval(out) == ["steps", "steps.sim", "steps.sim.maniskill", "steps.sim.maniskill.protocol",
-                         "steps.sim.maniskill.tasks", "steps.sim.maniskill.worker"]  # fmt: skip
+    assert json.loads(out) == ["steps", "steps.sim", "steps.sim.base", "steps.sim.maniskill",
+                               "steps.sim.maniskill.sim", "steps.sim.maniskill.tasks", "steps.sim.wire",
+                               "steps.sim.worker"]  # fmt: skip

@@ -290,7 +290,7 @@ def validate_run_inputs(
             tokenizer = tokenizer or (TINY_TOKENIZER if demo else PALIGEMMA_TOKENIZER_URL)
             check_tokenizer_spec(tokenizer)
         episodes, steps = sim_settings(demo, sim_episodes, sim_max_steps)
-        tasks = check_sim_tasks(sim_tasks)
+        tasks = check_sim_tasks(sim_tasks, None if is_text else ct.simulator)
     except ValueError as exc:
         raise InputError(_one_line(exc)) from None
     return RunConfig(

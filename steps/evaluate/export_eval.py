@@ -44,7 +44,7 @@ def sim_tasks_for(
     suite: str | None = None,
 ) -> list[str]:  # fmt: skip
     """Tasks to roll out: the given ones, else those a generated dataset was made from, else the benchmark's
-    (all of MT50; LIBERO: every task of ``suite``)."""
+    (all of MT50; LIBERO: every task of ``suite``; ManiSkill: PickCube-v1)."""
     if simulator == "libero":
         from steps.sim.libero import suites
         from steps.sim.libero.demonstrations import generated_tasks
@@ -53,6 +53,11 @@ def sim_tasks_for(
         if tasks:
             return list(suites.check_task_names(tasks, suite))
         return generated_tasks(dataset_root) or list(suites.SUITES[suites.check_suite(suite)])
+    if simulator == "maniskill":
+        from steps.sim.maniskill.demonstrations import generated_tasks
+        from steps.sim.maniskill.tasks import DEFAULT_TASK, check_task_names
+
+        return list(check_task_names(tasks)) if tasks else generated_tasks(dataset_root) or [DEFAULT_TASK]
     if tasks:
         return list(tasks)
     from steps.sim.metaworld.demonstrations import read_generation_meta
@@ -62,6 +67,15 @@ def sim_tasks_for(
         return list(read_generation_meta(dataset_root)["spec"]["tasks"])
     except FileNotFoundError:
         return list(TASKS)
+
+
+def sim_options_for(dataset_root: str | os.PathLike, simulator: str) -> dict:
+    """Simulator options a dataset fixes: ManiSkill's control mode (the one its actions were recorded in)."""
+    if simulator != "maniskill":
+        return {}
+    from steps.sim.maniskill.demonstrations import dataset_control_mode
+
+    return {"control_mode": dataset_control_mode(dataset_root)}
 
 
 def sim_workers_for(workers: int | None, episodes: int) -> int:
@@ -138,6 +152,7 @@ def evaluate_export(
         sim = evaluate_closed_loop(
             policy.predict, ct.simulator, tasks, sim_episodes, max_steps=sim_max_steps, workers=workers,
             resolution=_image_resolution(dataset_root, ct.camera_keys[0]),
+            options=sim_options_for(dataset_root, ct.simulator),
             out_dir=out / "rollouts" if out is not None else None,
         )  # fmt: skip
         metrics.update(sim.metrics())

@@ -284,6 +284,8 @@ def run_benchmark(
         raise ValueError(f"max_steps: expected a positive int, got {max_steps!r}")
     if not (isinstance(workers, int) and workers >= 0):
         raise ValueError(f"workers: expected an int >= 0, got {workers!r}")
+    if cls.own_python() is not None:  # a simulator in its own venv runs in workers of that python only
+        python, workers = python or cls.own_python(), max(workers, 1)
     record_every = record_every or bench.video_every
     plan = episode_plan(tasks, episodes_per_task, list(seeds))
     record = {(s.task, s.episode) for s in plan[: record_episodes if out_dir is not None else 0]}

@@ -1,9 +1,11 @@
 """ManiSkill3 demonstrations: motion-planned episodes written as a LeRobot v3.0 dataset in the pi0_maniskill schema.
 
 For every task, seeds ``seed, seed + 1, ...`` are tried until ``episodes`` successful ones are kept (failed ones
-are dropped). Each episode runs twice in the worker: the shipped motion planner solves it in joint space and
-the plan is tracked in ``pd_ee_delta_pose`` without rendering (``worker.Worker.demonstrate``), then the tracked
-actions are replayed from the same seed with the camera read before every step, straight into the writer.
+are dropped). Each episode runs twice in a simulator worker process of the ManiSkill venv: the shipped motion planner solves
+it in joint space and the plan is tracked in ``pd_ee_delta_pose`` without rendering
+(``backend.ManiskillTask.demonstrate``), then the tracked actions are replayed from the same seed through the
+simulator interface with the camera read before every step; the frames come back to this process, where our
+writer turns them into the dataset (the writer's packages need not exist in the ManiSkill venv).
 
 Schema (``data_adapters.maniskill.PI0_MANISKILL``), at 20 fps (ManiSkill's control rate):
 
@@ -12,7 +14,7 @@ Schema (``data_adapters.maniskill.PI0_MANISKILL``), at 20 fps (ManiSkill's contr
   straight down as a rotation vector rx, ry, rz (rad), gripper opening (m, 0..0.08);
 - ``actions`` float32[7]: the ``pd_ee_delta_pose`` command in [-1, 1]: dx, dy, dz (x 0.1 m), then the
   rotation (XYZ Euler angles, x -0.1 rad; norm <= 1), then the gripper (1 open, -1 closed);
-- ``next.reward`` float32[1], ``next.success`` bool[1].
+- ``next.success`` bool[1] (True on the last frame only: episodes stop at the first success).
 
 ``meta/maniskill.json`` records every episode's task and seed and the control mode, so the stored actions can
 be replayed (closed-loop evaluation also reads the control mode and the tasks from it).
@@ -139,7 +141,7 @@ def check_maniskill_source(uri: str, config_type) -> ManiskillDataSpec:
 
 
 def maniskill_features(resolution: int, image_storage: str = "video") -> dict:
-    from steps.sim.maniskill.env import ACTION_DIM, IMAGE_KEY, STATE_DIM
+    from steps.sim.maniskill.sim import IMAGE_KEY
 
     return {
         IMAGE_KEY: {
@@ -147,9 +149,8 @@ def maniskill_features(resolution: int, image_storage: str = "video") -> dict:
             "shape": (resolution, resolution, 3),
             "names": ["height", "width", "channel"],
         },  # fmt: skip
-        "observation.state": {"dtype": "float32", "shape": (STATE_DIM,), "names": STATE_NAMES},
-        "actions": {"dtype": "float32", "shape": (ACTION_DIM,), "names": ACTION_NAMES},
-        "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
+        "observation.state": {"dtype": "float32", "shape": (len(STATE_NAMES),), "names": STATE_NAMES},
+        "actions": {"dtype": "float32", "shape": (len(ACTION_NAMES),), "names": ACTION_NAMES},
         "next.success": {"dtype": "bool", "shape": (1,), "names": None},
     }
 
@@ -164,47 +165,39 @@ def generate_demonstrations(spec: ManiskillDataSpec, root: str | Path, *, log=pr
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root}: output folder exists and is not empty")
     from data_adapters.lerobot_writer import LeRobotWriter
-    from steps.sim.maniskill.env import IMAGE_KEY, ManiskillEnv
-    from steps.sim.maniskill.venv import check_vulkan
+    from steps.sim.maniskill.sim import IMAGE_KEY, ManiskillSimulator
+    from steps.sim.worker import Worker
 
-    check_vulkan()
+    ManiskillSimulator.preflight()  # the venv and a Vulkan device, one line naming the fix
     writer = LeRobotWriter(root, fps=CONTROL_FREQ, features=maniskill_features(spec.resolution, spec.image_storage),
                            version="v3.0", video_codec=spec.video_codec, robot_type=ROBOT_TYPE)  # fmt: skip
     episodes: list[dict] = []
     start, frames, tried = time.perf_counter(), 0, 0
-    with writer:  # finalizes on success, removes its temporary folder on error
-        for task in spec.tasks:
-            kept, seed, max_attempts = 0, spec.seed, 3 * spec.episodes + 5
-            with ManiskillEnv(task, control_mode=DATASET_CONTROL_MODE, resolution=spec.resolution) as env:
+    options = {"resolution": spec.resolution, "control_mode": DATASET_CONTROL_MODE}
+    sim = Worker(
+        "maniskill", options, python=ManiskillSimulator.own_python(), name="maniskill-demonstrations"
+    )
+    try:
+        with writer:  # finalizes on success, removes its temporary folder on error
+            for task in spec.tasks:
+                kept, seed, max_attempts = 0, spec.seed, 3 * spec.episodes + 5
                 while kept < spec.episodes:
                     if seed - spec.seed >= max_attempts:
                         raise RuntimeError(f"{task}: the motion planner succeeded on only {kept} of {max_attempts} "
                                            f"seeds from {spec.seed}; ask for fewer episodes")  # fmt: skip
-                    actions, success, _ = env.demonstrate(seed)
+                    sim.send("call", method="demonstrate", kwargs={"task": task, "seed": seed})
+                    demo = sim.recv()["result"]
                     seed, tried = seed + 1, tried + 1
-                    if not success:
+                    if not demo["success"]:
                         log(f"[maniskill] {task} seed {seed - 1}: not solved, skipped")
                         continue
-                    state = env.reset(seed - 1)
-                    successes = []
-                    for action in actions:
-                        image = env.render()
-                        result = env.step(action)
-                        writer.add_frame({IMAGE_KEY: image, "observation.state": state, "actions": action,
-                                          "next.reward": np.array([result.reward], dtype=np.float32),
-                                          "next.success": np.array([result.success])}, task=env.prompt)  # fmt: skip
-                        successes.append(result.success)
-                        state = result.obs
-                    if not successes[-1] or any(successes[:-1]):
-                        raise RuntimeError(
-                            f"{task} seed {seed - 1}: the rendered replay diverged from the plan"
-                        )
-                    writer.save_episode()
+                    frames += _write_replay(sim, writer, task, seed - 1, demo["actions"], IMAGE_KEY)
                     episodes.append({"episode_index": len(episodes), "task": task, "seed": seed - 1,
-                                     "length": len(actions)})  # fmt: skip
-                    frames += len(actions)
+                                     "length": len(demo["actions"])})  # fmt: skip
                     kept += 1
-            log(f"[maniskill] {task}: {kept} episodes (seeds {spec.seed}..{seed - 1})")
+                log(f"[maniskill] {task}: {kept} episodes (seeds {spec.seed}..{seed - 1})")
+    finally:
+        sim.close()
     seconds = time.perf_counter() - start
     meta = {
         "generator": "vla-sft steps.sim.maniskill.demonstrations",
@@ -223,11 +216,48 @@ def generate_demonstrations(spec: ManiskillDataSpec, root: str | Path, *, log=pr
             "frames_per_s": round(frames / seconds, 2)}  # fmt: skip
 
 
+def _write_replay(sim, writer, task: str, seed: int, actions: np.ndarray, image_key: str) -> int:
+    """Replay ``actions`` from ``seed`` with the camera read before every step into one episode."""
+    from steps.sim.maniskill.tasks import prompt
+
+    sim.send("reset", task=task, episode=0, seed=seed)
+    obs = sim.recv()["obs"]
+    successes = []
+    for action in actions:
+        sim.send("step", action=action, observe=True)
+        reply = sim.recv()
+        writer.add_frame({image_key: obs["images"][image_key], "observation.state": obs["state"],
+                          "actions": action, "next.success": np.array([reply["success"]])}, task=prompt(task))  # fmt: skip
+        successes.append(reply["success"])
+        obs = reply["obs"]
+    if not successes[-1] or any(successes[:-1]):
+        raise RuntimeError(f"{task} seed {seed}: the rendered replay diverged from the plan")
+    writer.save_episode()
+    return len(actions)
+
+
 def read_generation_meta(root: str | Path) -> dict:
     path = Path(root) / META_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a dataset made by steps.sim.maniskill.demonstrations")
     return json.loads(path.read_text())
+
+
+def generated_tasks(root: str | Path) -> list[str]:
+    """The tasks a generated dataset was made from, in order ([] for any other dataset)."""
+    try:
+        return list(read_generation_meta(root)["spec"]["tasks"])
+    except FileNotFoundError:
+        return []
+
+
+def dataset_control_mode(root: str | Path) -> str:
+    """The control mode a dataset's actions are in: a generated dataset's record, else pd_ee_delta_pose
+    (pi0_maniskill's 7-d actions; RLinf's ManiSkill data are end-effector deltas too)."""
+    try:
+        return read_generation_meta(root)["control_mode"]
+    except FileNotFoundError:
+        return DATASET_CONTROL_MODE
 
 
 def fetch_maniskill(

@@ -2,9 +2,9 @@
 
 mplib 0.1.1 (the planner the shipped solutions use) segfaults under numpy 2, and mani-skill 3.0.1 declares
 numpy < 2; with numpy 1.26, opencv-python must stay below 4.12. So ManiSkill runs in
-``~/.cache/vla-sft/maniskill-venv`` (``$VLA_SFT_MANISKILL_VENV`` overrides) as a worker subprocess
-(``steps.sim.maniskill.worker``); the project itself is not installed there (the worker runs from the
-repository on PYTHONPATH and imports nothing of it but two pure modules).
+``~/.cache/vla-sft/maniskill-venv`` (``$VLA_SFT_MANISKILL_VENV`` overrides), in simulator worker processes
+(``steps.sim.worker``); the project itself is not installed there (the worker runs from the repository on
+PYTHONPATH and imports only the numpy-only simulator modules and ``steps.sim.maniskill``).
 
     python -m steps.sim.maniskill.venv      # build it (once; about 3 minutes and 6 GB, torch included)
 

@@ -1,19 +1,7 @@
-"""The ManiSkill3 side of the simulator: one environment in a subprocess of the ManiSkill venv.
+"""ManiSkill3 itself: one task's environment, run inside the ManiSkill venv (``ManiskillSimulator``'s side).
 
-Run as ``<maniskill venv>/bin/python -m steps.sim.maniskill.worker`` with the repository on PYTHONPATH (the
-client does this); it imports only the standard library, numpy, scipy, gymnasium, mani_skill and the two
-pure modules ``protocol`` and ``tasks``, so the project needs no install in that venv. Requests arrive on
-stdin, replies leave on the original stdout; everything the libraries print goes to stderr.
-
-Ops (header fields -> reply fields; arrays in brackets):
-
-- ``make`` task, control_mode, image_size (None: no camera reads) -> max_steps, prompt, action_dim
-- ``reset`` seed -> [state]
-- ``step`` [action] -> [state], reward, success
-- ``render`` -> [image] uint8[R, R, 3]: the task's ``base_camera`` at the current state
-- ``demonstrate`` seed -> planned, success, [actions]: the motion planner's solution from ``seed`` in
-  ``pd_joint_pos``, tracked in this environment's control mode (see ``_track``); no rendering
-- ``close``
+Imports gymnasium, mani_skill, scipy and numpy, so only the ManiSkill venv imports this module (in the
+simulator worker process, ``steps.sim.worker``); the main process never does.
 
 The robot state (7 floats, robot base frame): TCP position x, y, z (m); the TCP's rotation relative to
 "pointing straight down" as a rotation vector rx, ry, rz (rad; near 0 in these tasks, so it never wraps
@@ -23,15 +11,11 @@ at pi); the gripper opening (m, the sum of the two finger joints, 0..0.08).
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 import time
-import traceback
 
 import numpy as np
 
 from steps.sim.maniskill import tasks as task_table
-from steps.sim.maniskill.protocol import ProtocolError, read_message, write_message
 
 # TCP "pointing down": ManiSkill's Panda rest pose has the TCP quaternion (w, x, y, z) ~ (0, 1, 0, 0).
 _DOWN_XYZW = np.array([1.0, 0.0, 0.0, 0.0])
@@ -43,15 +27,10 @@ _ROT_SCALE = -0.1
 _SETTLE_STEPS = 30  # extra tracking steps after the plan ends, for the tracked copy to arrive
 
 
-class Worker:
-    def __init__(self):
-        self.env = None
-        self.planner_env = None
-        self.task = None
-        self.control_mode = None
+class ManiskillTask:
+    """One task in one control mode: reset / step / render / state, and motion-planned demonstrations."""
 
-    # ---- ops ------------------------------------------------------------------------------------------
-    def make(self, task: str, control_mode: str, image_size: int | None = None) -> dict:
+    def __init__(self, task: str, control_mode: str, image_size: int | None = None):
         import gymnasium as gym
         import mani_skill.envs  # noqa: F401  (registers the tasks)
 
@@ -60,41 +39,39 @@ class Worker:
             raise ValueError(
                 f"control_mode: expected one of {task_table.CONTROL_MODES}, got {control_mode!r}"
             )
-        self.close()
         kwargs = {}
         if image_size is not None:
             kwargs["sensor_configs"] = {"width": int(image_size), "height": int(image_size)}
         # State observations: the camera is read only when asked (render), ~40-90 ms a frame here.
         self.env = gym.make(task, obs_mode="state", control_mode=control_mode, sim_backend="cpu",
                             render_backend="cpu", max_episode_steps=10_000, **kwargs)  # fmt: skip
+        self.planner_env = None
         self.task, self.control_mode = task, control_mode
-        return {"max_steps": task_table.max_steps(task), "prompt": task_table.prompt(task),
-                "action_dim": int(self.env.action_space.shape[-1])}  # fmt: skip
+        self.action_dim = int(self.env.action_space.shape[-1])
 
-    def reset(self, seed: int) -> tuple[dict, dict]:
-        _reset(self._need_env(), seed)
-        return {}, {"state": self.state()}
+    def reset(self, seed: int) -> None:
+        _reset(self.env, seed)
 
-    def step(self, action: np.ndarray) -> tuple[dict, dict]:
-        env = self._need_env()
+    def step(self, action: np.ndarray) -> bool:
+        """One action; True when the task is solved after it."""
         action = np.asarray(action, dtype=np.float32).reshape(-1)
-        if action.shape != env.action_space.shape[-1:] or not np.all(np.isfinite(action)):
+        if action.shape != (self.action_dim,) or not np.all(np.isfinite(action)):
             raise ValueError(
-                f"action: expected {env.action_space.shape[-1]} finite floats, got {action.shape}"
+                f"maniskill: expected an action of {self.action_dim} finite numbers, got {action.shape}"
             )
-        _, reward, _, _, info = env.step(action)
-        return {"reward": float(_scalar(reward)), "success": bool(_scalar(info["success"]))}, {
-            "state": self.state()
-        }
+        return bool(_scalar(self.env.step(action)[4]["success"]))
 
-    def render(self) -> tuple[dict, dict]:
-        data = self._need_env().unwrapped._get_obs_sensor_data()
-        image = data["base_camera"]["rgb"]
-        return {}, {"image": np.ascontiguousarray(_numpy(image)[0], dtype=np.uint8)}
+    def render(self) -> np.ndarray:
+        """uint8[R, R, 3]: the task's base_camera at the current state."""
+        data = self.env.unwrapped._get_obs_sensor_data()
+        return np.ascontiguousarray(_numpy(data["base_camera"]["rgb"])[0], dtype=np.uint8)
 
-    def demonstrate(self, seed: int) -> tuple[dict, dict]:
-        """Plan from ``seed`` in joint space; track the plan in this env's control mode from the same seed."""
-        env = self._need_env()
+    def demonstrate(self, seed: int) -> dict:
+        """Plan from ``seed`` in joint space; track the plan in this env's control mode from the same seed.
+
+        Returns {"actions": float32[T, action_dim], "planned", "success", "plan_seconds", "seconds"}; the
+        environment is left reset to ``seed``.
+        """
         started = time.perf_counter()
         joint_actions, planned = self._plan(int(seed))
         plan_s = time.perf_counter() - started
@@ -102,12 +79,10 @@ class Worker:
             actions, success = self._replay(int(seed), joint_actions)
         else:
             actions, success = self._track(int(seed), joint_actions)
-        _reset(env, seed)
-        return (
-            {"planned": planned, "success": success, "plan_seconds": round(plan_s, 3),
-             "seconds": round(time.perf_counter() - started, 3)},
-            {"actions": np.asarray(actions, dtype=np.float32).reshape(-1, env.action_space.shape[-1])},
-        )  # fmt: skip
+        _reset(self.env, seed)
+        return {"actions": np.asarray(actions, dtype=np.float32).reshape(-1, self.action_dim),
+                "planned": planned, "success": success, "plan_seconds": round(plan_s, 3),
+                "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
 
     def close(self) -> None:
         for env in (self.env, self.planner_env):
@@ -116,15 +91,10 @@ class Worker:
         self.env = self.planner_env = None
 
     # ---- helpers --------------------------------------------------------------------------------------
-    def _need_env(self):
-        if self.env is None:
-            raise RuntimeError("no environment: send 'make' first")
-        return self.env
-
-    def state(self, env=None) -> np.ndarray:
+    def state(self) -> np.ndarray:
         from scipy.spatial.transform import Rotation
 
-        agent = (env or self.env).unwrapped.agent
+        agent = self.env.unwrapped.agent
         pose = agent.robot.pose.inv() * agent.tcp.pose
         p, q = _numpy(pose.p)[0], _numpy(pose.q)[0]  # q: w, x, y, z
         rot = Rotation.from_quat([q[1], q[2], q[3], q[0]]) * Rotation.from_quat(_DOWN_XYZW).inv()
@@ -219,43 +189,3 @@ def _numpy(value) -> np.ndarray:
 
 def _scalar(value) -> float:
     return float(_numpy(value).reshape(-1)[0])
-
-
-def main() -> None:
-    proto_out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # library prints (sapien, mplib) must not corrupt the protocol stream
-    sys.stdout = sys.stderr
-    proto_in = sys.stdin.buffer
-    worker = Worker()
-    while True:
-        try:
-            header, arrays = read_message(proto_in)
-        except ProtocolError:
-            break  # the client went away
-        op = header.get("op")
-        try:
-            if op == "make":
-                reply, out = worker.make(header["task"], header["control_mode"], header.get("image_size")), {}
-            elif op == "reset":
-                reply, out = worker.reset(header["seed"])
-            elif op == "step":
-                reply, out = worker.step(arrays["action"])
-            elif op == "render":
-                reply, out = worker.render()
-            elif op == "demonstrate":
-                reply, out = worker.demonstrate(header["seed"])
-            elif op == "close":
-                worker.close()
-                write_message(proto_out, {"ok": True})
-                break
-            else:
-                raise ValueError(f"unknown op {op!r}")
-            write_message(proto_out, {"ok": True, **reply}, out)
-        except Exception as err:  # reported to the client, which raises it there with the worker's traceback
-            write_message(proto_out, {"ok": False, "error": f"{type(err).__name__}: {err}",
-                                      "traceback": traceback.format_exc()[-4000:]})  # fmt: skip
-    worker.close()
-
-
-if __name__ == "__main__":
-    main()
