@@ -31,6 +31,8 @@ PI0_LIBERO = ConfigType(
     normalization="zscore",
     dataset_id="physical-intelligence/libero",
     dataset_revision=None,
+    # Closed-loop evaluation in LIBERO itself (steps.sim.libero: openpi's LIBERO conventions).
+    simulator="libero",
 )
 
 # openpi's own pi05_libero recipe (train_presets.PI05_LIBERO). Robot state stays out of the prompt

@@ -7,7 +7,7 @@ raises ``InputError`` with one line that names the option and the bad value, so 
 without reading a traceback.
 
 Checked: config type (name or YAML), numeric overrides, LoRA rank, pretrained path, dataset
-(a local folder must exist and match the config type's schema; ``metaworld://`` URIs must parse,
+(a local folder must exist and match the config type's schema; ``metaworld://`` / ``libero://`` URIs must parse,
 ``maniskill://`` ones too and fit the config type;
 Hub ids must be cached or exist on the Hub), global batch divisible by the world size, MLflow reachability.
 No torch, no mlflow import: this runs in the first seconds of a run.
@@ -30,7 +30,7 @@ from steps.config.run_config import (
     RunConfig,
     TrainSection,
 )
-from steps.evaluate.settings import check_sim_tasks, sim_settings
+from steps.evaluate.settings import check_sim_suite, check_sim_tasks, check_sim_workers, sim_settings
 from steps.fetch.run_inputs import PALIGEMMA_TOKENIZER_URL, TINY_TOKENIZER, check_tokenizer_spec
 from steps.train.launch import check_train_options
 
@@ -63,13 +63,15 @@ def _positive(name: str, value: Any, kind=int) -> None:
 
 
 def classify_dataset(dataset: str) -> str:
-    """'local' | 's3' | 'metaworld' | 'maniskill' | 'hub' | 'demo' for a --dataset value."""
+    """'local' | 's3' | 'metaworld' | 'libero' | 'maniskill' | 'hub' | 'demo' for a --dataset value."""
     if dataset == DEMO_DATASET:
         return "demo"
     if dataset.startswith("s3://"):
         return "s3"
     if dataset.startswith("metaworld://"):
         return "metaworld"
+    if dataset.startswith("libero://"):
+        return "libero"
     if dataset.startswith("maniskill://"):
         return "maniskill"
     if dataset.startswith(("/", "./", "../", "~", "file://")) or Path(dataset).exists():
@@ -186,6 +188,8 @@ def validate_run_inputs(
     sim_episodes: int | None = None,
     sim_max_steps: int | None = None,
     sim_tasks: str | None = None,
+    sim_suite: str | None = None,
+    sim_workers: int | None = None,
     experiment: str = "vla-sft",
     model_name: str | None = None,
 ) -> RunConfig:
@@ -261,6 +265,13 @@ def validate_run_inputs(
             parse_metaworld_uri(dataset)
         except ValueError as exc:
             raise InputError(f"--dataset: {_one_line(exc)}") from None
+    elif kind == "libero":
+        from steps.sim.libero.demonstrations import parse_libero_uri
+
+        try:
+            parse_libero_uri(dataset)
+        except ValueError as exc:
+            raise InputError(f"--dataset: {_one_line(exc)}") from None
     elif kind == "maniskill":
         from steps.sim.maniskill.demonstrations import check_maniskill_source
 
@@ -290,7 +301,10 @@ def validate_run_inputs(
             tokenizer = tokenizer or (TINY_TOKENIZER if demo else PALIGEMMA_TOKENIZER_URL)
             check_tokenizer_spec(tokenizer)
         episodes, steps = sim_settings(demo, sim_episodes, sim_max_steps)
-        tasks = check_sim_tasks(sim_tasks, None if is_text else ct.simulator)
+        simulator = None if is_text else ct.simulator
+        suite = check_sim_suite(sim_suite, simulator)
+        tasks = check_sim_tasks(sim_tasks, simulator, suite)
+        workers = check_sim_workers(sim_workers)
     except ValueError as exc:
         raise InputError(_one_line(exc)) from None
     return RunConfig(
@@ -323,6 +337,8 @@ def validate_run_inputs(
             sim_episodes=episodes,
             sim_max_steps=steps,
             sim_tasks=tasks,
+            sim_suite=suite,
+            sim_workers=workers,
         ),  # fmt: skip
         cluster=ClusterSection(nodes=nodes, procs_per_node=procs_per_node, gpus_per_node=gpus_per_node),
     )

@@ -69,16 +69,19 @@ def configure() -> Path:
     return folder
 
 
-def assets_folder() -> Path | None:
-    """Where LIBERO will find its assets without downloading, or None."""
-    pkg = package_folder()
-    for folder in ([pkg / "assets"] if pkg else []) + [HUB_ASSET_CACHE.expanduser()]:
+def assets_folder(package: Path | None = None, hub_cache: Path = HUB_ASSET_CACHE) -> Path | None:
+    """Where LIBERO will find its assets without downloading (`package`: LIBERO's package folder, default
+    the installed one), or None."""
+    pkg = package or package_folder()
+    for folder in ([pkg / "assets"] if pkg else []) + [hub_cache.expanduser()]:
         if all((folder / name).is_dir() for name in ASSET_FOLDERS):
             return folder
     return None
 
 
-def check_ready(*, renderer: bool = True) -> None:
+def check_ready(
+    *, renderer: bool = True, package: Path | None = None, hub_cache: Path = HUB_ASSET_CACHE
+) -> None:
     """LIBERO installed, configured, assets present (or downloadable), renderer working; else one line."""
     for module in ("libero", "robosuite", "bddl"):
         if importlib.util.find_spec(module) is None:
@@ -86,7 +89,7 @@ def check_ready(*, renderer: bool = True) -> None:
                 f"LIBERO: the {module} package is missing in {sys.executable}: run `{INSTALL_HINT}`"
             )
     configure()
-    if assets_folder() is None:
+    if assets_folder(package, hub_cache) is None:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         if offline:
             raise LiberoNotReady(
