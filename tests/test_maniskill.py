@@ -287,3 +287,28 @@ def test_what_the_maniskill_venv_imports_of_the_project_is_numpy_only():
     assert json.loads(out) == ["steps", "steps.sim", "steps.sim.base", "steps.sim.maniskill",
                                "steps.sim.maniskill.sim", "steps.sim.maniskill.tasks", "steps.sim.wire",
                                "steps.sim.worker"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_pi05_maniskill_demo_flow_logs_success_metrics_and_a_video_and_registers(tmp_path):
+    """`run --config_type pi05_maniskill --demo`: the shipped planned demos train the tiny model, evaluation
+    rolls it out in ManiSkill3, MLflow gets sim/success/<task> and the GIFs, a version is registered."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_flow import flow_env, inspect_run, run_flow
+
+    _need_maniskill()
+    result = run_flow(tmp_path, "run", "--config_type", "pi05_maniskill", "--demo", "--max_steps", "8",
+                      "--sim_episodes", "1", "--sim_max_steps", "20", env=flow_env(tmp_path))  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    info = inspect_run(tmp_path)
+    assert info["successful"] and info["run_config"]["data"]["dataset_kind"] == "demo"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(info["mlflow_run_id"])
+    metrics = run.data.metrics
+    assert metrics["eval/sim/episodes"] == 1.0 and 0.0 <= metrics["eval/sim/success/PickCube-v1"] <= 1.0
+    rollouts = {f.path for f in client.list_artifacts(run.info.run_id, "eval/rollouts")}
+    assert any(p.endswith(".gif") for p in rollouts) and "eval/rollouts/episodes.json" in rollouts
+    mv = info["model_version"]
+    assert mv["name"] == "pi05_maniskill"
+    assert str(client.get_registered_model("pi05_maniskill").aliases["candidate"]) == str(mv["version"])
