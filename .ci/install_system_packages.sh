@@ -9,7 +9,9 @@ set -euo pipefail
 MESA_MIN_MAJOR=25
 export DEBIAN_FRONTEND=noninteractive
 
-pkgs=(libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libvulkan1 mesa-vulkan-drivers)
+# mesa-vulkan-drivers comes below, from the Mesa that suits SAPIEN (installing Debian 12's first would be a
+# download for nothing).
+pkgs=(libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libvulkan1)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -29,7 +31,12 @@ mesa_major() {
 }
 egl_major="$(mesa_major libegl-mesa0)"
 vk_major="$(mesa_major mesa-vulkan-drivers)"
-if [ "${egl_major:-0}" -ge "$MESA_MIN_MAJOR" ] && [ "${vk_major:-0}" -ge "$MESA_MIN_MAJOR" ]; then
+if [ "${egl_major:-0}" -ge "$MESA_MIN_MAJOR" ]; then
+    if [ -z "$vk_major" ]; then  # the system's own Mesa is new enough: its Vulkan driver is too
+        echo "installing: mesa-vulkan-drivers"
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends mesa-vulkan-drivers
+    fi
     echo "Mesa $egl_major (>= $MESA_MIN_MAJOR): Vulkan through lavapipe is usable"
     exit 0
 fi
