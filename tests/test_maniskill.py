@@ -312,3 +312,17 @@ def test_pi05_maniskill_demo_flow_logs_success_metrics_and_a_video_and_registers
     mv = info["model_version"]
     assert mv["name"] == "pi05_maniskill"
     assert str(client.get_registered_model("pi05_maniskill").aliases["candidate"]) == str(mv["version"])
+    # The success rate is usable as a promotion gate (dry run: the version's own value passes, above fails).
+    from steps.registry.promote import promote
+
+    rate = metrics["eval/sim/success/PickCube-v1"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    gate = f"sim/success/PickCube-v1>={rate}"
+    assert (
+        promote("pi05_maniskill", mv["version"], gates=[gate], dry_run=True, tracking_uri=uri)
+        .checks[0]
+        .passed
+    )
+    above = promote("pi05_maniskill", mv["version"], gates=[f"sim/success/PickCube-v1>={rate + 0.5}"],
+                    dry_run=True, tracking_uri=uri)  # fmt: skip
+    assert not above.checks[0].passed and not above.promoted
