@@ -269,3 +269,35 @@ def test_inference_policy_rollouts_report_task_and_suite_success(tmp_path):
     assert gifs and all(os.path.getsize(result.artifacts[n]) > 1000 for n in gifs)
     episodes = json.loads(Path(result.artifacts["rollouts/episodes.json"]).read_text())
     assert episodes["benchmark"] == "libero" and episodes["per_group"] == {"libero_spatial": 0.0}
+
+
+@needs_libero
+@pytest.mark.slow
+def test_demo_flow_trains_rolls_out_in_libero_registers_and_gates_on_the_suite(tmp_path):
+    """`run --config_type pi05_libero --demo`, offline: LIBERO rollouts of the trained tiny model; success
+    metrics and a rollout GIF in MLflow; a registered version that steps.promote can gate on the suite."""
+    from mlflow.tracking import MlflowClient
+
+    from steps.registry.promote import promote
+    from tests.test_flow import flow_env, inspect_run, run_flow
+
+    result = run_flow(tmp_path, "run", "--config_type", "pi05_libero", "--demo", "--max_steps", "8",
+                      "--sim_max_steps", "20", env=flow_env(tmp_path))  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    info = inspect_run(tmp_path)
+    assert info["successful"] and info["run_config"]["eval"]["sim_suite"] == "libero_spatial"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    metrics = client.get_run(info["mlflow_run_id"]).data.metrics
+    assert metrics["eval/sim/episodes"] == 2 and metrics["eval/sim/episode_length_mean"] <= 20
+    assert 0.0 <= metrics["eval/sim/suite/libero_spatial"] == metrics[f"eval/sim/success/{TASK0}"] <= 1.0
+    rollouts = {f.path for f in client.list_artifacts(info["mlflow_run_id"], "eval/rollouts")}
+    assert "eval/rollouts/episodes.json" in rollouts and any(p.endswith(".gif") for p in rollouts)
+    version = info["model_version"]
+    gate = promote(
+        version["name"], version["version"], gates=["sim/suite/libero_spatial>=0"], tracking_uri=uri
+    )
+    assert gate.promoted, gate.failures
+    refused = promote(version["name"], version["version"], gates=["sim/suite/libero_spatial>=1.01"],
+                      tracking_uri=uri)  # fmt: skip
+    assert not refused.promoted
