@@ -90,6 +90,27 @@ def test_start_accepts_a_maniskill_source_and_names_the_option(tmp_path):
         validate_run_inputs(config_type="pi05_metaworld", dataset="maniskill://tasks=PickCube-v1", **common)
 
 
+def test_a_yaml_type_of_another_schema_cannot_declare_the_maniskill_simulator(tmp_path):
+    from steps.config.validate import InputError, validate_run_inputs
+
+    common = dict(tracking_uri=f"file://{tmp_path}/mlruns", check_tracking=False, check_remote=False,
+                  dataset="maniskill://tasks=PickCube-v1")  # fmt: skip
+    fits = tmp_path / "fits.yaml"
+    fits.write_text("name: my_maniskill\nextends: pi0_maniskill\naction_horizon: 20\nsimulator: maniskill\n")
+    assert validate_run_inputs(config_type=str(fits), **common).config_type.simulator == "maniskill"
+    wrist = tmp_path / "wrist.yaml"
+    wrist.write_text("name: wrist\nextends: pi05_maniskill\ncameras:\n  base_0_rgb: observation.images.top\n"
+                     "  left_wrist_0_rgb: observation.images.wrist\n")  # fmt: skip
+    with pytest.raises(
+        InputError, match=r"simulator: maniskill observes .*'wrist' does not fit.*simulator: null"
+    ):
+        validate_run_inputs(config_type=str(wrist), demo=True, tracking_uri=common["tracking_uri"],
+                            check_tracking=False)  # fmt: skip
+    rc = validate_run_inputs(config_type=str(wrist), demo=True, sim_episodes=0, tracking_uri=common["tracking_uri"],
+                             check_tracking=False)  # fmt: skip
+    assert rc.eval.sim_episodes == 0
+
+
 # ------------------------------------------------------------------------------------------- slow
 def _need_maniskill() -> None:
     from steps.sim.maniskill.venv import is_ready, venv_dir

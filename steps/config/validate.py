@@ -305,6 +305,10 @@ def validate_run_inputs(
         suite = check_sim_suite(sim_suite, simulator)
         tasks = check_sim_tasks(sim_tasks, simulator, suite)
         workers = check_sim_workers(sim_workers)
+        if simulator == "maniskill" and episodes > 0:
+            from steps.sim.maniskill.demonstrations import check_simulator_fit
+
+            check_simulator_fit(ct)
     except ValueError as exc:
         raise InputError(_one_line(exc)) from None
     return RunConfig(

@@ -140,6 +140,22 @@ def check_maniskill_source(uri: str, config_type) -> ManiskillDataSpec:
     return spec
 
 
+def check_simulator_fit(config_type) -> None:
+    """ValueError unless ``config_type`` reads what the ManiSkill simulator observes and takes its actions
+    (the pi0_maniskill schema); e.g. a YAML that extends pi05_maniskill for another schema inherits
+    ``simulator: maniskill`` and would otherwise fail at its first closed-loop step."""
+    from data_adapters.config_types import validate_against_dataset
+
+    try:
+        validate_against_dataset(config_type, {"features": maniskill_features(128)})
+    except ValueError as err:
+        raise ValueError(
+            f"simulator: maniskill observes observation.images.top and observation.state [7] and takes actions "
+            f"[7] (pd_ee_delta_pose), which {config_type.name!r} does not fit ({err}); set 'simulator: null' in "
+            "its YAML or pass --sim_episodes 0"
+        ) from None
+
+
 def maniskill_features(resolution: int, image_storage: str = "video") -> dict:
     from steps.sim.maniskill.sim import IMAGE_KEY
 
