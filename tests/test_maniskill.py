@@ -197,14 +197,29 @@ def test_shipped_demo_dataset_fits_pi05_maniskill():
 
 
 @pytest.mark.slow
-def test_vulkan_check_names_the_package_when_no_driver_loads(monkeypatch):
-    from steps.sim.maniskill.venv import check_vulkan, require_python
+def test_preflight_names_the_package_when_no_vulkan_driver_loads(monkeypatch):
+    from steps.sim.base import SimulatorNotReady
+    from steps.sim.maniskill.sim import ManiskillSimulator
 
     _need_maniskill()
-    check_vulkan()  # the machine's own driver works
-    monkeypatch.setenv("VK_ICD_FILENAMES", "/nonexistent/icd.json")  # the loader then finds no driver
-    with pytest.raises(RuntimeError, match=r"install mesa-vulkan-drivers >= 25.*SAPIEN said: .*Incompatible"):
-        check_vulkan(require_python())
+    ManiskillSimulator.preflight()  # the machine's own driver works
+    monkeypatch.setenv("VK_ICD_FILENAMES", "/nonexistent/icd.json")  # the Vulkan loader then finds no driver
+    with pytest.raises(
+        SimulatorNotReady, match=r"install mesa-vulkan-drivers >= 25.*SAPIEN said: .*Incompatible"
+    ):
+        ManiskillSimulator.preflight()
+
+
+def test_preflight_without_the_venv_names_the_command_that_builds_it(monkeypatch, tmp_path):
+    from steps.sim.base import SimulatorNotReady
+    from steps.sim.maniskill.sim import ManiskillSimulator
+
+    monkeypatch.setenv("VLA_SFT_MANISKILL_VENV", str(tmp_path / "none"))
+    with pytest.raises(
+        SimulatorNotReady,
+        match=r"no working venv at .*none; build it once: python -m steps.sim.maniskill.venv",
+    ):
+        ManiskillSimulator.preflight()
 
 
 def _demo_episodes(root, count: int) -> list[tuple[int, np.ndarray]]:
