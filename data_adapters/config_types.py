@@ -28,7 +28,7 @@ WRIST_SLOTS: tuple[str, ...] = ("left_wrist_0_rgb", "right_wrist_0_rgb")
 MODEL_ACTION_DIM = 32
 MODEL_TYPES = ("pi0", "pi05")
 NORMALIZATIONS = ("zscore", "quantile")
-SIMULATORS = ("metaworld",)
+SIMULATORS = ("metaworld", "libero", "maniskill")  # closed-loop simulators (steps.sim.base.SIMULATORS)
 # Prompt budget per model type: pi0 sees only the task, pi0.5 may also see 32 state bins.
 DEFAULT_MAX_TOKEN_LEN = {"pi0": 48, "pi05": 200}
 DEFAULT_NORMALIZATION = {"pi0": "zscore", "pi05": "quantile"}
@@ -72,7 +72,7 @@ class ConfigType(Validated):
     dataset_revision: str | None
     # Slots that get only colour jitter (no crop/rotate) under augmentation.
     wrist_slots: tuple[str, ...] = WRIST_SLOTS
-    # Simulator for closed-loop evaluation ("metaworld") or None.
+    # Simulator for closed-loop evaluation ("metaworld", "libero", "maniskill") or None.
     simulator: str | None = None
     train: TrainPreset = field(default_factory=TrainPreset)
     # Shown when no dataset is known (e.g. ManiSkill: no public dataset in RLinf's schema).

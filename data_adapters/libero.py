@@ -39,6 +39,8 @@ PI0_LIBERO = ConfigType(
     dataset_id="physical-intelligence/libero",
     dataset_revision=None,
     client_keys=_CLIENT_KEYS,
+    # Closed-loop evaluation in LIBERO itself (steps.sim.libero: openpi's LIBERO conventions).
+    simulator="libero",
 )
 
 # openpi's own pi05_libero recipe (train_presets.PI05_LIBERO). Robot state stays out of the prompt

@@ -99,13 +99,21 @@ class SFTFlow(FlowSpec):
     eval_samples = Parameter("eval_samples", default=None, type=int,
                              help="Frames evaluated, evenly spaced (default: 256; 32 with --demo).")  # fmt: skip
     sim_episodes = Parameter("sim_episodes", default=None, type=int,
-                             help="Closed-loop episodes per task for simulator config types (Meta-World); "
+                             help="Closed-loop episodes per task for simulator config types (Meta-World, LIBERO); "
                                   "0 = off (default: 10; 2 with --demo).")  # fmt: skip
     sim_max_steps = Parameter("sim_max_steps", default=None, type=int,
-                              help="Step limit of a closed-loop episode (default: 500; 100 with --demo).")  # fmt: skip
+                              help="Step limit of a closed-loop episode (default: the benchmark's, Meta-World 500, "
+                                   "LIBERO 220-520 by suite; 100 with --demo).")  # fmt: skip
     sim_tasks = Parameter("sim_tasks", default=None, type=str,
-                          help="Comma-separated Meta-World tasks to roll out (default: the dataset's tasks "
-                               "for generated data, else all 50).")  # fmt: skip
+                          help="Comma-separated tasks to roll out: Meta-World names, LIBERO names or indices "
+                               "within --sim_suite (default: the dataset's tasks for generated data, else all "
+                               "of MT50 / of the suite).")  # fmt: skip
+    sim_suite = Parameter("sim_suite", default=None, type=str,
+                          help="LIBERO suite for closed-loop evaluation: libero_spatial (default), "
+                               "libero_object, libero_goal or libero_10.")  # fmt: skip
+    sim_workers = Parameter("sim_workers", default=None, type=int,
+                            help="Simulator processes for closed-loop evaluation (0: in the evaluate process; "
+                                 "default: one per core, at most one per episode).")  # fmt: skip
     experiment = Parameter("experiment", default="vla-sft", help="MLflow experiment name.")
     model_name = Parameter("model_name", default=None, type=str,
                            help="Registered model name (default: the config type's name).")  # fmt: skip
@@ -136,7 +144,8 @@ class SFTFlow(FlowSpec):
     def _cli_values(self) -> dict:
         names = ("config_type", "dataset", "dataset_revision", "max_steps", "batch_size", "learning_rate", "lora",
                  "lora_rank", "pretrained", "tokenizer", "eval_episodes", "eval_samples", "sim_episodes",
-                 "sim_max_steps", "sim_tasks", "experiment", "model_name", "train_options", "demo")  # fmt: skip
+                 "sim_max_steps", "sim_tasks", "sim_suite", "sim_workers", "experiment", "model_name",
+                 "train_options", "demo")  # fmt: skip
         return {name: getattr(self, name) for name in names}
 
     def _start_tracking(self, run_config):

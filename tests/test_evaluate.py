@@ -39,7 +39,7 @@ def test_simulator_off_and_non_simulator_types_skip_rollouts(tmp_path):
 
 def test_sim_settings_and_validation():
     assert sim_settings(True, None, None) == (2, 100)
-    assert sim_settings(False, None, None) == (10, 500)
+    assert sim_settings(False, None, None) == (10, None)  # None: the benchmark's own step limit
     assert sim_settings(True, 0, 20) == (0, 20)
     with pytest.raises(
         ValueError, match="--sim_episodes / --sim_max_steps: must be >= 0 / > 0, got -1 / 100"

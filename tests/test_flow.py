@@ -417,7 +417,8 @@ def test_custom_yaml_config_type_needs_no_file_after_start(tmp_path):
     yaml_path = tmp_path / "configs" / "my_robot.yaml"
     yaml_path.parent.mkdir(parents=True)
     yaml_path.write_text("extends: pi0_libero\nname: my_robot\naction_horizon: 4\n")
-    args = ["run", "--config_type", str(yaml_path), "--demo", "--max_steps", "4"]
+    # No closed loop: this test is about the config type, not LIBERO (tests/test_libero.py).
+    args = ["run", "--config_type", str(yaml_path), "--demo", "--max_steps", "4", "--sim_episodes", "0"]
     cluster = ["--config-value", "cluster", '{"retries": 0}']
     failed = run_flow(tmp_path, *cluster, *args, env=flow_env(tmp_path, VLA_SFT_FAIL_AFTER_STEP="2"))
     assert failed.returncode != 0

@@ -8,7 +8,7 @@ without reading a traceback.
 
 Checked: config type (name or YAML), numeric overrides, LoRA rank (only with --lora), pretrained weights
 (a local file's safetensors header, length and pi0 / pi0.5 keys; a Hub id's form), dataset (a local folder
-must exist and match the config type's schema; ``metaworld://`` URIs must parse; Hub ids must be cached or
+must exist and match the config type's schema; ``metaworld://`` / ``libero://`` URIs must parse, ``maniskill://`` ones too and fit the config type; Hub ids must be cached or
 exist on the Hub), held-out episodes against meta/info.json's episode count, global batch divisible by the
 world size, every ``--train_options`` value (type, then the TrainConfig's own validation), MLflow
 reachability (``steps.config.input_checks`` holds the checks that read files).
@@ -41,7 +41,7 @@ from steps.config.run_config import (
     RunConfig,
     TrainSection,
 )
-from steps.evaluate.settings import check_sim_tasks, sim_settings
+from steps.evaluate.settings import check_sim_suite, check_sim_tasks, check_sim_workers, sim_settings
 from steps.fetch.run_inputs import PALIGEMMA_TOKENIZER_URL, TINY_TOKENIZER, check_tokenizer_spec
 from steps.train.launch import check_train_options
 
@@ -70,13 +70,17 @@ def _positive(name: str, value: Any, kind=int) -> None:
 
 
 def classify_dataset(dataset: str) -> str:
-    """'local' | 's3' | 'metaworld' | 'hub' | 'demo' for a --dataset value."""
+    """'local' | 's3' | 'metaworld' | 'libero' | 'maniskill' | 'hub' | 'demo' for a --dataset value."""
     if dataset == DEMO_DATASET:
         return "demo"
     if dataset.startswith("s3://"):
         return "s3"
     if dataset.startswith("metaworld://"):
         return "metaworld"
+    if dataset.startswith("libero://"):
+        return "libero"
+    if dataset.startswith("maniskill://"):
+        return "maniskill"
     if dataset.startswith(("/", "./", "../", "~", "file://")) or Path(dataset).exists():
         return "local"
     if _HUB_ID.match(dataset):
@@ -197,6 +201,22 @@ def _check_vla_dataset(kind: str, dataset: str, revision: str | None, ct, check_
         except ValueError as exc:
             raise InputError(f"--dataset: {_one_line(exc)}") from None
         return None  # generated in fetch_data: its episode count is known only then
+    if kind == "libero":
+        from steps.sim.libero.demonstrations import parse_libero_uri
+
+        try:
+            parse_libero_uri(dataset)
+        except ValueError as exc:
+            raise InputError(f"--dataset: {_one_line(exc)}") from None
+        return None
+    if kind == "maniskill":
+        from steps.sim.maniskill.demonstrations import check_maniskill_source
+
+        try:
+            check_maniskill_source(dataset, ct)
+        except ValueError as exc:
+            raise InputError(f"--dataset: {_one_line(exc)}") from None
+        return None
     if kind == "hub" and check_remote:
         snapshot = check_hub_dataset(dataset, revision)
         return dataset_info(snapshot) if snapshot else None
@@ -234,6 +254,8 @@ def validate_run_inputs(
     sim_episodes: int | None = None,
     sim_max_steps: int | None = None,
     sim_tasks: str | None = None,
+    sim_suite: str | None = None,
+    sim_workers: int | None = None,
     experiment: str = "vla-sft",
     model_name: str | None = None,
 ) -> RunConfig:
@@ -337,7 +359,14 @@ def validate_run_inputs(
             tokenizer = tokenizer or (TINY_TOKENIZER if demo else PALIGEMMA_TOKENIZER_URL)
             check_tokenizer_spec(tokenizer)
         episodes, steps = sim_settings(demo, sim_episodes, sim_max_steps)
-        tasks = check_sim_tasks(sim_tasks)
+        simulator = None if is_text else ct.simulator
+        suite = check_sim_suite(sim_suite, simulator)
+        tasks = check_sim_tasks(sim_tasks, simulator, suite)
+        workers = check_sim_workers(sim_workers)
+        if simulator == "maniskill" and episodes > 0:
+            from steps.sim.maniskill.demonstrations import check_simulator_fit
+
+            check_simulator_fit(ct)
     except ValueError as exc:
         raise InputError(_one_line(exc)) from None
     rc = RunConfig(
@@ -371,6 +400,8 @@ def validate_run_inputs(
             sim_episodes=episodes,
             sim_max_steps=steps,
             sim_tasks=tasks,
+            sim_suite=suite,
+            sim_workers=workers,
         ),  # fmt: skip
         cluster=ClusterSection(nodes=nodes, procs_per_node=procs_per_node, gpus_per_node=gpus_per_node),
     )

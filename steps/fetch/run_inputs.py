@@ -9,7 +9,11 @@ Tokenizer specs (``--tokenizer``):
 - ``hf://<org>/<repo>/<file>[@revision]``: a file of a Hub model repo (``HF_TOKEN`` from the environment).
 
 The demo dataset: for Meta-World config types, the expert demonstrations shipped with the repository
-(``steps.sim.metaworld.demonstrations.DEMO_DATASET``: 3 tasks x 5 episodes, real renders); for the others a small
+(``steps.sim.metaworld.demonstrations.DEMO_DATASET``: 3 tasks x 5 episodes, real renders); for LIBERO config
+types, scripted reach-and-grasp episodes rendered in LIBERO with openpi's conventions, shipped too
+(``steps.sim.libero.demonstrations.DEMO_DATASET``: 1 libero_spatial task x 6 episodes, 128², regenerated
+with ``python -m steps.sim.libero.demonstrations``); for ManiSkill ones the motion-planned PickCube-v1
+demonstrations (``steps.sim.maniskill.demonstrations.DEMO_DATASET``); for the others a small
 synthetic LeRobot v3.0 dataset in the config type's schema (``data_adapters.synthetic``), cached by a
 key of everything that shapes it.
 """
@@ -91,20 +95,26 @@ def demo_dataset(cfg, cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def shipped_demo_dataset(cfg) -> Path | None:
-    """The repository's Meta-World expert demos when ``cfg`` is a Meta-World type that fits them."""
-    if cfg.simulator != "metaworld":
-        return None
+    """The repository's simulator demos (Meta-World experts, LIBERO scripted episodes, ManiSkill motion-planned
+    episodes) when ``cfg`` is a type of that simulator that fits them."""
     from data_adapters.config_types import validate_against_dataset
     from data_adapters.lerobot_format import INFO_PATH
-    from steps.sim.metaworld.demonstrations import DEMO_DATASET
 
+    if cfg.simulator == "metaworld":
+        from steps.sim.metaworld.demonstrations import DEMO_DATASET
+    elif cfg.simulator == "libero":
+        from steps.sim.libero.demonstrations import DEMO_DATASET
+    elif cfg.simulator == "maniskill":
+        from steps.sim.maniskill.demonstrations import DEMO_DATASET
+    else:
+        return None
     info = DEMO_DATASET / INFO_PATH
     if not info.is_file():
         return None
     try:
         validate_against_dataset(cfg, json.loads(info.read_text()))
     except ValueError:
-        return None  # a custom Meta-World type with another schema: use synthetic data instead
+        return None  # a custom simulator type with another schema: use synthetic data instead
     return DEMO_DATASET
 
 
@@ -140,8 +150,9 @@ def synthetic_demo_dataset(cfg, cache_dir: str | os.PathLike | None = None) -> P
 
 
 def fetch_run_dataset(rc, cache_dir: str | os.PathLike | None = None):
-    """``steps.fetch.dataset.fetch_dataset`` for a run config: the demo dataset, a generated ``metaworld://``
-    dataset, a Hub id, an S3 prefix or a local folder, with ``rc.eval.episodes`` episodes held out."""
+    """``steps.fetch.dataset.fetch_dataset`` for a run config: the demo dataset, a generated ``metaworld://``,
+    ``libero://`` or ``maniskill://`` dataset, a Hub id, an S3 prefix or a local folder, with
+    ``rc.eval.episodes`` held out."""
     from steps.fetch.dataset import fetch_dataset
 
     cfg, kind, dataset = rc.config_type, rc.data.dataset_kind, rc.data.dataset
@@ -151,6 +162,14 @@ def fetch_run_dataset(rc, cache_dir: str | os.PathLike | None = None):
         from steps.sim.metaworld.demonstrations import fetch_metaworld
 
         dataset = str(fetch_metaworld(dataset))
+    elif kind == "libero":
+        from steps.sim.libero.demonstrations import fetch_libero
+
+        dataset = str(fetch_libero(dataset))
+    elif kind == "maniskill":
+        from steps.sim.maniskill.demonstrations import fetch_maniskill
+
+        dataset = str(fetch_maniskill(dataset))
     return fetch_dataset(
         cfg, dataset=dataset, revision=rc.data.dataset_revision, val_episodes=rc.eval.episodes
     )

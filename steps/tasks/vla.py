@@ -49,7 +49,8 @@ class VlaTask(RunTask):
         result = evaluate_export(local_export(export_uri, workdir), node_dataset_root(self.rc, fetched),
                                  fetched["val_episodes"], max_samples=ev.samples, out_dir=workdir / "outputs",
                                  device=self.rc.eval_device, sim_episodes=ev.sim_episodes,
-                                 sim_max_steps=ev.sim_max_steps, sim_tasks=ev.sim_tasks)  # fmt: skip
+                                 sim_max_steps=ev.sim_max_steps, sim_tasks=ev.sim_tasks,
+                                 sim_suite=ev.sim_suite, sim_workers=ev.sim_workers)  # fmt: skip
         # Logged to MLflow by register, with the version's tags: evaluate then never imports MLflow (~3 s of
         # import and store set-up). The plots and rollout media are a few MB.
         files = {name: Path(path).read_bytes() for name, path in result.artifacts.items()}
