@@ -229,7 +229,9 @@ def validate_run_inputs(
         from steps.text.flow_steps import check_text_inputs
 
         try:
-            text = check_text_inputs(ct, dataset=dataset, pretrained=pretrained, tokenizer=tokenizer)
+            text = check_text_inputs(
+                ct, dataset=dataset, pretrained=pretrained, tokenizer=tokenizer, demo=demo
+            )
         except ValueError as exc:
             raise InputError(_one_line(exc)) from None
         dataset, kind = text["dataset"], text["dataset_kind"]

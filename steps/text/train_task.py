@@ -32,10 +32,12 @@ TEXT_STATS_FILE = "text_stats.json"
 
 
 def model_source(cfg: TrainConfig, ct) -> str:
+    from steps.text.demo import resolve_model_source
+
     source = cfg.pretrained or ct.model
     if not source:
         raise ValueError("pretrained: no model given (the config type names none): pass a Hub id or folder")
-    return source
+    return resolve_model_source(source)  # the --demo model: its locally built folder
 
 
 def tokenizer_source(cfg: TrainConfig, ct) -> str:
@@ -45,6 +47,9 @@ def tokenizer_source(cfg: TrainConfig, ct) -> str:
 def load_tokenizer(source: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
+    from steps.text.demo import resolve_model_source
+
+    source = resolve_model_source(source)
     try:
         tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as exc:
