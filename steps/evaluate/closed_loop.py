@@ -92,6 +92,10 @@ def evaluate_metaworld(
     # Record episode 0 of each task first, then episode 1, ... (spreads the media over tasks).
     recorded = {(t, e) for e, t in _interleave(tasks, episodes_per_task)[: record_episodes if out_dir else 0]}
     start = time.perf_counter()
+    from steps.progress import Progress
+
+    # One line per episode (an episode is seconds to minutes): which one, its result and step count, ETA.
+    progress = Progress("closed loop", len(tasks) * len(seed_list), unit="episodes", every_s=0, log=log)
     outcomes: list[EpisodeOutcome] = []
     recordings: list[tuple[EpisodeOutcome, list[np.ndarray]]] = []
     for env_name in tasks:
@@ -101,11 +105,14 @@ def evaluate_metaworld(
                 frames: list[np.ndarray] | None = [] if (env_name, episode) in recorded else None
                 outcome = _run_episode(env, policy_fn, seed, max_steps, replan_every, uses_images, frames)
                 outcomes.append(outcome)
+                result = "success" if outcome.success else "no success"
+                progress.advance(1, f"{env_name} episode {episode + 1}/{len(seed_list)} (seed {seed}): "
+                                    f"{result} after {outcome.steps} steps")  # fmt: skip
                 if frames is not None:
                     recordings.append((outcome, frames))
         rate = np.mean([o.success for o in outcomes if o.env_name == env_name])
         if log:
-            log(f"[sim_eval] {env_name}: success {rate:.2f} over {episodes_per_task} episodes")
+            log(f"closed loop: {env_name}: success rate {rate:.2f} over {episodes_per_task} episodes")
     per_task = {t: float(np.mean([o.success for o in outcomes if o.env_name == t])) for t in tasks}
     per_difficulty = {
         group: float(np.mean([per_task[t] for t in members if t in per_task]))
