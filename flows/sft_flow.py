@@ -78,8 +78,11 @@ class SFTFlow(FlowSpec):
                             help="Built-in config type (pi0_libero, pi05_libero, pi0_maniskill, pi05_maniskill, "
                                  "pi05_metaworld, pi05_calvin) or a path to a custom YAML.")  # fmt: skip
     dataset = Parameter("dataset", default=None, type=str,
-                        help="Hub dataset id, local LeRobot folder, s3:// URI or metaworld://... "
-                             "(default: the config type's dataset; with --demo a small generated one).")  # fmt: skip
+                        help="Hub dataset id, local LeRobot folder, s3:// URI or metaworld://... (default: the "
+                             "config type's dataset; with --demo its demo dataset: demo://metaworld_demo, the "
+                             "Meta-World renders shipped in the repository, for Meta-World types, "
+                             "demo://synthetic/<config type> (generated) for the others, demo://chat_demo for "
+                             "text).")  # fmt: skip
     dataset_revision = Parameter(
         "dataset_revision", default=None, type=str, help="Hub revision (tag/commit)."
     )
@@ -94,7 +97,8 @@ class SFTFlow(FlowSpec):
     lora = Parameter("lora", default=False, type=bool, is_flag=True, help="LoRA instead of full fine-tuning.")
     lora_rank = Parameter("lora_rank", default=32, type=int, help="LoRA rank (with --lora).")
     pretrained = Parameter("pretrained", default=None, type=str,
-                           help="Base weights: local folder/file or Hub id (safetensors); none = random init.")  # fmt: skip
+                           help="Base weights: local folder/file or Hub id (safetensors); none = random init "
+                                "(text: the model; with --demo a tiny one built locally, demo://tiny_chat_lm).")  # fmt: skip
     tokenizer = Parameter("tokenizer", default=None, type=str,
                           help="SentencePiece tokenizer: path, https:// URL, hf://org/repo/file or 'tiny' "
                                "(default: PaliGemma's; 'tiny' with --demo).")  # fmt: skip
@@ -115,7 +119,8 @@ class SFTFlow(FlowSpec):
     train_options = Parameter("train_options", default=None, type=JSONType,
                               help='Extra TrainConfig fields as JSON, e.g. \'{"precision": "bf16"}\'.')  # fmt: skip
     demo = Parameter("demo", default=False, type=bool, is_flag=True,
-                     help="Offline demo: tiny model, small generated dataset, tiny tokenizer, a few steps.")  # fmt: skip
+                     help="Offline demo: tiny model, tiny tokenizer, the config type's demo dataset (see "
+                          "--dataset), a few steps.")  # fmt: skip
 
     @step
     def start(self):

@@ -183,6 +183,34 @@ def test_demo_run_config_defaults_and_round_trip(tmp_path):
     assert RunConfig.from_dict(json.loads(json.dumps(rc.to_dict()))) == rc
 
 
+def test_demo_datasets_have_one_truthful_name(tmp_path):
+    """The shipped Meta-World renders and the generated data of other types are named differently, and the
+    fetched record carries the name (not the cache folder), with the fingerprint and a generated set's key."""
+    from steps.fetch.run_inputs import fetch_run_dataset, synthetic_demo_key
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    shipped = validate_run_inputs(config_type="pi05_metaworld", demo=True, tracking_uri=uri)
+    assert (shipped.data.dataset, shipped.data.dataset_kind) == ("demo://metaworld_demo", "demo")
+    generated = validate_run_inputs(config_type="pi0_libero", demo=True, tracking_uri=uri)
+    assert generated.data.dataset == "demo://synthetic/pi0_libero"
+    assert generated.flat_params()["data.dataset"] == "demo://synthetic/pi0_libero"
+    with pytest.raises(InputError, match=r"^--dataset: 'demo://synthetic/pi0_libero' is not a demo dataset of "
+                                         r"config type 'pi05_metaworld'; its demo dataset is 'demo://metaworld_demo'$"):  # fmt: skip
+        validate_run_inputs(
+            config_type="pi05_metaworld", dataset="demo://synthetic/pi0_libero", tracking_uri=uri
+        )
+
+    fetched = fetch_run_dataset(shipped, cache_dir=tmp_path / "cache")
+    assert (fetched.dataset_id, fetched.source, fetched.revision) == ("demo://metaworld_demo", "demo", None)
+    assert fetched.path.endswith("demo_data/metaworld_demo") and len(fetched.fingerprint) >= 8
+    made = fetch_run_dataset(generated, cache_dir=tmp_path / "cache")
+    assert (made.dataset_id, made.revision) == (
+        "demo://synthetic/pi0_libero",
+        synthetic_demo_key(generated.config_type),
+    )
+    assert made.path.startswith(str(tmp_path / "cache"))
+
+
 def test_bad_cli_input_fails_in_start_within_seconds(tmp_path):
     """Four bad command lines, run concurrently: each fails in start with one 'Invalid input' line."""
     cases = {
@@ -347,6 +375,7 @@ def _mlflow_checks(root: Path, info: dict, *, expect_world_size: int) -> None:
     assert tags["metaflow.pathspec"] == f"SFTFlow/{info['id']}"
     assert tags["config_type"] == "pi05_metaworld" and tags["finetune"] == "full"
     assert tags["dataset.fingerprint"] and "metric.val_loss" in tags
+    assert tags["dataset.id"] == run.data.params["data.dataset"] == "demo://metaworld_demo"  # one name everywhere
     assert str(client.get_registered_model(mv["name"]).aliases["candidate"]) == str(mine[0].version)
     runs = client.search_runs([run.info.experiment_id], f"tags.`vla_sft.lineage_id` = '{info['lineage_id']}'")
     assert len(runs) == 1, "one MLflow run per lineage"

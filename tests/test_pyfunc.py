@@ -14,6 +14,7 @@ mlflow = pytest.importorskip("mlflow")
 from steps.policy import Policy  # noqa: E402
 from steps.registry.model_logging import example_input, log_policy_model, policy_signature, write_model_card  # noqa: E402
 from steps.registry.pyfunc import decode_image, encode_image  # noqa: E402
+from steps.registry.register import lineage_tags  # noqa: E402
 from tests.policy_helpers import make_tiny_export  # noqa: E402
 from tests.server_helpers import free_port, local_server  # noqa: E402
 
@@ -22,7 +23,10 @@ from tests.server_helpers import free_port, local_server  # noqa: E402
 def registered(tmp_path_factory):
     root = tmp_path_factory.mktemp("pyfunc")
     export = make_tiny_export(root, "pi05_metaworld")
-    write_model_card(export, metrics={"val_loss": 0.5}, lineage={"dataset_id": "local", "git_commit": "abc"})
+    lineage = lineage_tags(lineage_id="SFTFlow-1", pathspec="SFTFlow/1", config_type="pi05_metaworld",
+                           dataset="demo://metaworld_demo", dataset_revision=None, dataset_fingerprint="f1ng3r",
+                           base_checkpoint=None, finetune="full", git_commit="abc")  # fmt: skip
+    write_model_card(export, metrics={"val_loss": 0.5}, lineage=lineage)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -123,6 +127,13 @@ def test_explicit_signature_matches_a_real_prediction(registered):
     assert explicit.to_dict() == inferred.to_dict()
     logged = mlflow.pyfunc.load_model(registered["model_uri"]).metadata.signature
     assert logged.to_dict() == explicit.to_dict()
+
+
+def test_model_card_names_the_dataset_as_the_run_does(registered):
+    card = (registered["export"] / "README.md").read_text().splitlines()
+    # The lineage tags' id and fingerprint; no revision is known for the shipped folder, so none is shown.
+    assert "- dataset: demo://metaworld_demo (fingerprint f1ng3r)" in card
+    assert not any("lerobot/metaworld_mt50" in line or "n/a" in line for line in card if "dataset" in line)
 
 
 def test_model_card_example_request_is_accepted(registered):

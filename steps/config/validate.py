@@ -30,11 +30,17 @@ from steps.config.run_config import (
     TrainSection,
 )
 from steps.evaluate.settings import check_sim_tasks, sim_settings
-from steps.fetch.run_inputs import PALIGEMMA_TOKENIZER_URL, TINY_TOKENIZER, check_tokenizer_spec
+from steps.fetch.run_inputs import (
+    PALIGEMMA_TOKENIZER_URL,
+    TINY_TOKENIZER,
+    check_demo_dataset_id,
+    check_tokenizer_spec,
+    demo_dataset_id,
+)
 from steps.train.launch import check_train_options
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-DEMO_DATASET = "demo://synthetic"  # the --demo default: a small generated dataset in the config type's schema
+DEMO_PREFIX = "demo://"  # --demo datasets (steps.fetch.run_inputs.demo_dataset_id names them)
 # --demo defaults: a few steps of the tiny model, small batches, frequent checkpoints (for resume).
 DEMO_DEFAULTS = {"max_steps": 40, "batch_size": 4, "learning_rate": 1e-3, "eval_samples": 32}
 DEFAULT_EVAL_SAMPLES = 256
@@ -63,7 +69,7 @@ def _positive(name: str, value: Any, kind=int) -> None:
 
 def classify_dataset(dataset: str) -> str:
     """'local' | 's3' | 'metaworld' | 'hub' | 'demo' for a --dataset value."""
-    if dataset == DEMO_DATASET:
+    if dataset.startswith(DEMO_PREFIX):
         return "demo"
     if dataset.startswith("s3://"):
         return "s3"
@@ -239,7 +245,7 @@ def validate_run_inputs(
         if kind == "hub" and check_remote:
             check_hub_dataset(dataset, dataset_revision)
     elif dataset is None and demo:
-        dataset, dataset_revision = DEMO_DATASET, None
+        dataset, dataset_revision = demo_dataset_id(ct), None
     else:
         try:
             dataset, dataset_revision = require_dataset(ct, dataset, dataset_revision)
@@ -253,6 +259,11 @@ def validate_run_inputs(
         path = Path(dataset.removeprefix("file://")).expanduser().resolve()
         check_local_dataset(path, ct)
         dataset = str(path)
+    elif kind == "demo":
+        try:
+            check_demo_dataset_id(dataset, ct)
+        except ValueError as exc:
+            raise InputError(_one_line(exc)) from None
     elif kind == "metaworld":
         from steps.sim.metaworld.demonstrations import parse_metaworld_uri
 

@@ -46,7 +46,7 @@ class FetchResult:
     dataset_id: str
     # Commit hash of the snapshot (Hub), listing digest (S3), or None for a local folder.
     revision: str | None
-    # "hub", "s3" or "local".
+    # "hub", "s3" or "local" ("demo" / "metaworld" for those, see steps.fetch.run_inputs.fetch_run_dataset).
     source: str
     num_episodes: int
     num_frames: int
