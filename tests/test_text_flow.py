@@ -134,6 +134,15 @@ def test_text_demo_flow_end_to_end_registers_a_generating_model(tmp_path):
     version = client.get_model_version_by_alias("tiny-text-flow", "candidate")
     assert str(version.version) == mv["version"] and version.run_id == run.info.run_id
     assert version.tags["finetune"] == "lora" and "metric.perplexity" in version.tags
+    # One name for the dataset: params, version tags and the run's dataset input (digest = fingerprint).
+    assert version.tags["dataset.id"] == "demo://chat_demo" and version.tags["dataset.fingerprint"]
+    inputs = [(i.dataset.name, i.dataset.digest) for i in run.inputs.dataset_inputs]
+    assert inputs == [("demo://chat_demo", version.tags["dataset.fingerprint"])]
+    assert run.data.tags["mlflow.user"] == "dev" and run.data.tags["mlflow.source.name"].endswith(
+        "sft_flow.py"
+    )
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/tiny-text-flow@candidate")
     out = model.predict(

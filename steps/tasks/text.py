@@ -21,6 +21,7 @@ class TextTask(RunTask):
     def compute_stats(self, fetched: dict, *, out_path: str | os.PathLike, who: RunIdentity) -> dict:
         from steps.text.flow_steps import compute_text_run_stats
 
+        self.log_dataset(fetched, who)
         return compute_text_run_stats(self.rc, fetched, out_path=out_path, tracking_uri=who.tracking_uri,
                                       run_id=who.mlflow_run_id)  # fmt: skip
 

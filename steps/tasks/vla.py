@@ -24,6 +24,7 @@ class VlaTask(RunTask):
         stats = compute_norm_stats(
             self.rc.config_type, fetched["path"], fetched["train_episodes"], out_path=out_path
         )
+        self.log_dataset(fetched, who)  # the first step that talks to MLflow after fetch_data
         return stats.to_json_dict()
 
     def node_inputs(self, fetched: dict, norm_stats: dict, tokenizer_model: bytes,
