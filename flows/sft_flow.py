@@ -16,7 +16,6 @@ environment or ``@secrets``, never from Parameters.
 import atexit
 import contextlib
 import gc
-import json
 import os
 import sys
 import time
@@ -39,6 +38,10 @@ sys.path.insert(0, str(_ROOT))
 from flows.user import ensure_metaflow_user  # noqa: E402
 
 ensure_metaflow_user()  # before Metaflow is imported: root, or no user variable, is "Unknown user" to it
+
+from flows.quiet import quiet_defaults  # noqa: E402
+
+quiet_defaults()  # before Metaflow and MLflow are imported: no pylint notice, no MLflow INFO lines
 
 from metaflow import (  # noqa: E402
     Config,
@@ -262,11 +265,11 @@ class SFTFlow(FlowSpec):
 
     @step
     def end(self):
-        """Say where everything is."""
-        mv = self.model_version
-        print(f"model {mv['name']} version {mv['version']} (alias {mv['alias']}) · MLflow run {self.mlflow_run_id}\n"
-              f"metrics {json.dumps(self.eval_metrics)}\n"
-              f"browse: mlflow ui --backend-store-uri {self.tracking_uri}")  # fmt: skip
+        """Say where everything is: model version, dataset, key metrics, how to browse and promote."""
+        from steps.registry.summary import run_summary
+
+        print(run_summary(model_version=self.model_version, metrics=self.eval_metrics, mlflow_run_id=self.mlflow_run_id,
+                          tracking_uri=self.tracking_uri, dataset=self.fetched.get("dataset_id")))  # fmt: skip
 
 
 def _run_dir(flow) -> Path:

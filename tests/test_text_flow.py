@@ -102,7 +102,17 @@ def test_text_demo_flow_end_to_end_registers_a_generating_model(tmp_path):
 
     proc = run_flow(tmp_path, "run", "--config_type", "text_sft", "--demo", "--max_steps", "8", "--lora",
                     "--lora_rank", "4", "--model_name", "tiny-text-flow", env=flow_env(tmp_path, HF_HUB_OFFLINE="1"))  # fmt: skip
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    # Quiet: no notice or warning for what every run does; progress and a summary at the end.
+    for noise in ("Pylint", " INFO mlflow", "Warning", "Add type hints"):
+        assert noise not in out, [line for line in out.splitlines() if noise in line][:3]
+    assert "offline eval: 2/2 rows (100%)" in out and "export: done in" in out
+    summary = [line.split("] ", 1)[-1] for line in out.splitlines() if "/end/" in line][1:]
+    assert "Run summary" in summary and "model    tiny-text-flow version 1 (alias candidate)" in summary
+    assert "dataset  demo://chat_demo" in summary and any(
+        line.startswith("metrics  val_loss ") for line in summary
+    )
     info = inspect_run(tmp_path)
     assert info["successful"] and all(info["steps"].values()), info["steps"]
     assert set(info["steps"]) >= {"start", "fetch_data", "compute_norm_stats", "train", "join", "evaluate",

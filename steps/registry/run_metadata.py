@@ -28,9 +28,10 @@ _SOURCE_TYPES = {"hub": "hugging_face", "s3": "s3"}
 
 
 def run_user() -> str:
-    """The user Metaflow runs as (``flows/user.py`` makes sure one of these names someone)."""
+    """The user Metaflow runs as: its order of variables, root skipped (``flows/user.py`` makes sure one
+    names someone)."""
     for name in ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER"):
-        if os.environ.get(name):
+        if os.environ.get(name) and os.environ[name] != "root":
             return os.environ[name]
     return getpass.getuser()
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 PYFUNC_FILE = Path(__file__).resolve().with_name("pyfunc.py")
@@ -25,7 +26,10 @@ def save_text_pyfunc(export_dir: str | Path, out_dir: str | Path) -> Path:
     # Params only: rows may carry ``prompt`` or ``messages`` (a nested chat list), checked by the model.
     signature = ModelSignature(params=ParamSchema([ParamSpec("max_new_tokens", "long", 64),
                                                    ParamSpec("temperature", "double", 0.0)]))  # fmt: skip
-    mlflow.pyfunc.save_model(path=str(out_dir), python_model=str(PYFUNC_FILE),
-                             artifacts={"export": str(export_dir)}, signature=signature,
-                             pip_requirements=["mlflow", "torch", "transformers", "safetensors"])  # fmt: skip
+    with warnings.catch_warnings():
+        # "An input example was not provided": deliberate, MLflow would load and run the model to check one.
+        warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
+        mlflow.pyfunc.save_model(path=str(out_dir), python_model=str(PYFUNC_FILE),
+                                 artifacts={"export": str(export_dir)}, signature=signature,
+                                 pip_requirements=["mlflow", "pandas", "torch", "transformers", "safetensors"])  # fmt: skip
     return out_dir
