@@ -5,6 +5,7 @@
     python flows/sft_flow.py --config cluster cluster.yaml run ...         # nodes, GPUs, image
     python flows/sft_flow.py resume                                        # after a failure
     python flows/sft_flow.py run --config_type my_text.yaml --lora         # text SFT of a causal LM (kind: text)
+    python flows/sft_flow.py run --config_type text_sft --demo             # offline text demo (tiny LM, chat rows)
 
 start (validate, MLflow run, lineage id) -> fetch_data -> compute_norm_stats -> train (@torchrun on
 ``cluster.nodes`` nodes) -> join -> evaluate -> register -> end. Each step calls one function in

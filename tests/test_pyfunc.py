@@ -145,6 +145,51 @@ def test_model_card_example_request_is_accepted(registered):
     assert np.asarray(model.predict(pd.DataFrame(body["dataframe_records"]))).shape == (1, 5, 4)
 
 
+def test_request_example_is_a_real_frame_the_model_accepts(registered, tmp_path, capsys):
+    """python -m steps.registry.request_example: a frame of the version's dataset (tag dataset.id) as a body."""
+    import pandas as pd
+
+    from data_adapters.lerobot_reader import LeRobotFrames
+    from data_adapters.registry import get_config_type
+    from steps.registry.request_example import main, request_body
+    from steps.sim.metaworld.demonstrations import DEMO_DATASET
+
+    client = mlflow.MlflowClient(registered["uri"])
+    version = client.get_model_version_by_alias("pi05_metaworld_test", "champion")
+    client.set_model_version_tag(version.name, version.version, "dataset.id", "demo://metaworld_demo")
+    body = request_body(registered["model_uri"], tracking_uri=registered["uri"], episode=3, frame=7)
+    (row,) = body["dataframe_records"]
+    ct = get_config_type("pi05_metaworld")
+    frames = LeRobotFrames(DEMO_DATASET, state_keys=ct.state_keys, action_keys=ct.action_keys,
+                           camera_keys=ct.camera_keys, horizon=ct.action_horizon, episodes=[3])  # fmt: skip
+    item = frames[7]
+    np.testing.assert_array_equal(
+        decode_image(row["observation.image"], column="i", row=0), item["images"]["observation.image"]
+    )
+    assert row["state"] == [float(x) for x in item["state"]] and row["task"] == item["task"]
+    model = mlflow.pyfunc.load_model(registered["model_uri"])
+    assert np.asarray(model.predict(pd.DataFrame(body["dataframe_records"]))).shape == (1, 5, 4)
+
+    out = tmp_path / "body.json"
+    assert (
+        main(["--model", registered["model_uri"], "--out", str(out), "--tracking-uri", registered["uri"]])
+        == 0
+    )
+    assert set(json.loads(out.read_text())["dataframe_records"][0]) == {"observation.image", "state", "task"}
+    assert main(["--model", "models:/pi05_metaworld_test@nope", "--tracking-uri", registered["uri"]]) == 2
+    assert (
+        main(["--model", registered["model_uri"], "--frame", "999", "--tracking-uri", registered["uri"]]) == 2
+    )
+    assert main(["--model", "pi05_metaworld_test", "--tracking-uri", registered["uri"]]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-3].startswith("error: --model: models:/pi05_metaworld_test@nope: ")
+    assert err[-2] == "error: --frame: 999 is outside episode 0 (frames 0..45)"
+    assert (
+        err[-1]
+        == "error: --model: 'pi05_metaworld_test' is not models:/<name>@<alias> or models:/<name>/<version>"
+    )
+
+
 @pytest.mark.slow
 def test_served_endpoint_answers(registered):
     port = free_port()

@@ -160,6 +160,17 @@ def test_text_demo_flow_end_to_end_registers_a_generating_model(tmp_path):
         params={"max_new_tokens": 5},
     )
     assert len(out) == 1 and isinstance(out[0], str) and out[0]
+    # The README's serving example: a body built from a row of the version's dataset (demo://chat_demo).
+    import pandas as pd
+
+    from steps.registry.request_example import request_body
+
+    body = request_body("models:/tiny-text-flow@candidate", tracking_uri=uri, row=1, max_new_tokens=4)
+    assert body["dataframe_records"] == [
+        {"messages": [{"role": "user", "content": "Which steps does the flow run?"}]}
+    ]
+    answer = model.predict(pd.DataFrame(body["dataframe_records"]), params=body["params"])
+    assert len(answer) == 1 and isinstance(answer[0], str)
 
 
 @pytest.mark.slow

@@ -215,7 +215,7 @@ def promote(
             result.checks.append(Check(f"must beat {must_beat} on {key}", ok, detail))
             a, b = _pair(mine, theirs)
             rows.append([key, a, b, f"beat ({'<' if lower else '>'}) {'ok' if ok else 'FAIL'}"])
-    result.table = _format_table(rows)
+    result.table = _format_table(rows) if len(rows) > 1 else ""  # no gate, no holder: nothing to tabulate
 
     current = (client.get_registered_model(name).aliases or {}).get(to)
     result.previous_holder = str(current) if current is not None else None
@@ -328,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     except PromotionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(result.table)
+    if result.table:
+        print(result.table)
     for check in result.checks:
         print(f"[{'ok' if check.passed else 'FAIL'}] {check.what}: {check.detail}")
     if result.promoted:
