@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 from steps.train.config import TrainConfig
@@ -162,7 +163,13 @@ class TextTask:
             lora = cfg.lora
             settings = LoraConfig(r=lora.rank, lora_alpha=lora.alpha or lora.rank, lora_dropout=lora.dropout,
                                   target_modules=lora_targets(model, ct), task_type="CAUSAL_LM")  # fmt: skip
-            model = get_peft_model(model, settings)
+            with warnings.catch_warnings():
+                # peft reads transformers' deprecated `is_gradient_checkpointing` (transformers 5 warns on every
+                # LoRA run); peft's to fix, nothing a user can act on.
+                warnings.filterwarnings(
+                    "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+                )
+                model = get_peft_model(model, settings)
         model.train()
         return model
 
