@@ -75,3 +75,28 @@ def test_the_build_is_deterministic(built, tmp_path):
     for name in ("tokenizer.json", "model.safetensors", "config.json"):
         assert (again / name).read_bytes() == (built / name).read_bytes(), name
     assert json.loads((again / "config.json").read_text())["hidden_size"] == demo.MODEL_CONFIG["hidden_size"]
+
+
+def test_text_model_card_names_data_base_model_and_example(tmp_path):
+    from data_adapters.text_config import TextConfigType
+    from steps.registry.register import lineage_tags
+    from steps.text.model_logging import write_text_model_card
+
+    (tmp_path / "config_type.json").write_text(json.dumps(TextConfigType().to_dict()))
+    (tmp_path / "vla_sft_export.json").write_text(json.dumps({"base_model": demo.DEMO_MODEL, "finetune": "full",
+                                                              "step": 40}))  # fmt: skip
+    tags = lineage_tags(lineage_id="L", pathspec="SFTFlow/1", config_type="text_sft", dataset=demo.DEMO_DATASET,
+                        dataset_revision=None, dataset_fingerprint="abcd", base_checkpoint=demo.DEMO_MODEL,
+                        finetune="full", git_commit=None)  # fmt: skip
+    card = write_text_model_card(tmp_path, metrics={"val_loss": 6.46}, lineage=tags).read_text()
+    lines = card.splitlines()
+    assert lines[0] == "# text_sft causal LM" and "- dataset: demo://chat_demo (fingerprint abcd)" in lines
+    assert (
+        "- base model: demo://tiny_chat_lm; fine-tuning: full, step 40" in lines
+        and "- val_loss: 6.46" in lines
+    )
+    body = json.loads(card.split("```json\n", 1)[1].split("\n```", 1)[0])
+    assert (
+        body["dataframe_records"][0]["messages"][0]["role"] == "user"
+        and body["params"]["max_new_tokens"] == 64
+    )

@@ -160,6 +160,11 @@ def test_text_demo_flow_end_to_end_registers_a_generating_model(tmp_path):
         params={"max_new_tokens": 5},
     )
     assert len(out) == 1 and isinstance(out[0], str) and out[0]
+    # The version's model card, fetched as the README says, names the dataset and base model as the run does.
+    card = Path(mlflow.artifacts.download_artifacts("models:/tiny-text-flow@candidate/artifacts/export/README.md",
+                                                    dst_path=str(tmp_path / "card"))).read_text().splitlines()  # fmt: skip
+    assert f"- dataset: demo://chat_demo (fingerprint {version.tags['dataset.fingerprint']})" in card
+    assert "- base model: demo://tiny_chat_lm; fine-tuning: lora, step 8" in card
     # The README's serving example: a body built from a row of the version's dataset (demo://chat_demo).
     import pandas as pd
 

@@ -225,7 +225,7 @@ class TextTask:
             cfg.to_json(folder / "train_config.json")
             (folder / "config_type.json").write_text(json.dumps(self.ct.to_dict(), indent=2) + "\n")
             meta = {"format": "vla-sft export v1", "kind": "text", "config_type": self.ct.name,
-                    "model_type": "causal_lm", "base_model": model_source(cfg, self.ct), "step": step,
+                    "model_type": "causal_lm", "base_model": cfg.pretrained or self.ct.model, "step": step,
                     "weights_from": source, "ema": ema_weights is not None, "finetune": "lora" if lora else "full",
                     "adapter": "adapter" if lora else None, "text_stats": TEXT_STATS_FILE}  # fmt: skip
             (folder / EXPORT_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
