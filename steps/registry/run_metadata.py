@@ -95,10 +95,8 @@ def dataset_input(fetched: Mapping[str, Any], *, context: str = "training"):
 
 
 def log_dataset_input(tracking_uri: str, run_id: str, fetched: Mapping[str, Any]) -> None:
-    """Log the fetched dataset as the run's training input (MLflow keeps one link per dataset and digest)."""
+    """Log the fetched dataset as the run's training input (MLflow keeps one link per dataset and digest).
+    Callers set up MLflow's HTTP client first (``tracking.configure_mlflow_env``; tracking imports this module)."""
     from mlflow.tracking import MlflowClient
 
-    from steps.registry.tracking import configure_mlflow_env
-
-    configure_mlflow_env()
     MlflowClient(tracking_uri=tracking_uri).log_inputs(run_id, datasets=[dataset_input(fetched)])
