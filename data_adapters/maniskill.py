@@ -35,6 +35,11 @@ PI0_MANISKILL = ConfigType(
     dataset_id=None,
     dataset_revision=None,
     dataset_hint=MANISKILL_DATASET_HINT,
+    client_keys={
+        "observation.images.top": "observation/image",
+        "state": "observation/state",
+        "task": "prompt",
+    },
 )
 
 PI05_MANISKILL = dataclasses.replace(

@@ -57,16 +57,12 @@ from metaflow import (  # noqa: E402
     timeout,
     torchrun,
 )
-from metaflow.exception import MetaflowException  # noqa: E402
 
 from flows import torchrun_compat  # noqa: E402
 from flows.cluster import parse_cluster, sft_deployment  # noqa: E402
+from flows.step_errors import InvalidInput, reported  # noqa: E402
 
 torchrun_compat.install()
-
-
-class InvalidInput(MetaflowException):
-    headline = "Invalid input"
 
 
 @sft_deployment
@@ -99,7 +95,8 @@ class SFTFlow(FlowSpec):
         "learning_rate", default=None, type=float, help="Peak learning rate (default: preset)."
     )
     lora = Parameter("lora", default=False, type=bool, is_flag=True, help="LoRA instead of full fine-tuning.")
-    lora_rank = Parameter("lora_rank", default=32, type=int, help="LoRA rank (with --lora).")
+    lora_rank = Parameter("lora_rank", default=None, type=int,
+                          help="LoRA rank (only with --lora; default: the LoRA preset's, 32).")  # fmt: skip
     pretrained = Parameter("pretrained", default=None, type=str,
                            help="Base weights: local folder/file or Hub id (safetensors); none = random init "
                                 "(text: the model; with --demo a tiny one built locally, demo://tiny_chat_lm).")  # fmt: skip
@@ -127,6 +124,7 @@ class SFTFlow(FlowSpec):
                           "--dataset), a few steps.")  # fmt: skip
 
     @step
+    @reported
     def start(self):
         """Validate every input in seconds; resolve the run config once; create or reuse the MLflow run."""
         from steps.config.validate import running_remotely, validate_run_inputs
@@ -167,6 +165,7 @@ class SFTFlow(FlowSpec):
               f"checkpoints {self.checkpoint_dir}")  # fmt: skip
 
     @step
+    @reported
     def fetch_data(self):
         """Download (or locate / generate) the dataset, check its schema, split episodes; get the tokenizer."""
         from steps.tasks import task_for
@@ -176,6 +175,7 @@ class SFTFlow(FlowSpec):
         self.next(self.compute_norm_stats)
 
     @step
+    @reported
     def compute_norm_stats(self):
         """Exact normalization statistics over the training episodes (text: token-length statistics)."""
         from steps.tasks import task_for
@@ -192,6 +192,7 @@ class SFTFlow(FlowSpec):
     @resources(cpu=cluster.cpu, memory=cluster.memory, gpu=cluster.gpus_per_node)
     @torchrun
     @step
+    @reported
     def train(self):
         """``python -m steps.train`` under torchrun on every node; checkpoints under the lineage id, so retries
         resume."""
@@ -203,7 +204,7 @@ class SFTFlow(FlowSpec):
                                       workdir=_run_dir(self) / f"node{self.node_index}",
                                       checkpoint_dir=self.checkpoint_dir, tracking_uri=self.tracking_uri)  # fmt: skip
         os.environ.update(launch.worker_environment(self.mlflow_run_id, self.tracking_uri, _ROOT))
-        with _timed(self, "train.torchrun"):
+        with _timed(self, "train.torchrun"), job.user_errors():
             current.torch.run(entrypoint=launch.TRAIN_ENTRYPOINT, entrypoint_args=job.entrypoint_args,
                               torchrun_args=dict(launch.TORCHRUN_ARGS), nproc_per_node=task.rc.cluster.procs_per_node)  # fmt: skip
         self.train_result = job.read_result() if self.node_index == 0 else None
@@ -220,6 +221,7 @@ class SFTFlow(FlowSpec):
                           history=read_metrics_file(job.config.metrics_file))  # fmt: skip
 
     @step
+    @reported
     def join(self, inputs):
         """Keep node 0's training result (the other nodes trained the same model)."""
         main = next(i for i in inputs if i.node_index == 0)
@@ -232,6 +234,7 @@ class SFTFlow(FlowSpec):
     @card(type="blank", id="evaluate")
     @resources(cpu=cluster.cpu, memory=cluster.memory, gpu=cluster.eval_gpus)
     @step
+    @reported
     def evaluate(self):
         """Held-out metrics (validation loss, action-chunk errors, plots) and, for simulator config types,
         closed-loop success rates of the exported model, through the registered model's inference path."""
@@ -253,6 +256,7 @@ class SFTFlow(FlowSpec):
         self.next(self.register)
 
     @step
+    @reported
     def register(self):
         """Register the exported model (idempotent per lineage) with lineage tags; alias ``candidate``;
         close the MLflow run (here rather than in ``end``, which then needs no MLflow import)."""
@@ -265,6 +269,7 @@ class SFTFlow(FlowSpec):
         self.next(self.end)
 
     @step
+    @reported
     def end(self):
         """Say where everything is: model version, dataset, key metrics, how to browse and promote."""
         from steps.registry.summary import run_summary

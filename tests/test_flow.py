@@ -134,9 +134,8 @@ def test_validate_run_inputs_rejects_dataset_of_another_schema(tmp_path):
         validate_run_inputs(
             config_type="pi05_metaworld", dataset=str(root), tracking_uri=f"sqlite:///{tmp_path}/m.db"
         )
-    rc = validate_run_inputs(
-        config_type="pi0_libero", dataset=str(root), tracking_uri=f"sqlite:///{tmp_path}/m.db"
-    )
+    rc = validate_run_inputs(config_type="pi0_libero", dataset=str(root), eval_episodes=1,
+                             tracking_uri=f"sqlite:///{tmp_path}/m.db")  # fmt: skip
     assert (rc.data.dataset_kind, rc.data.dataset, rc.model.variant) == ("local", str(root.resolve()), "real")
 
 
