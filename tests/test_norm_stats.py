@@ -290,6 +290,19 @@ def test_streaming_and_in_memory_agree_on_a_dataset(libero_like, tmp_path):
     assert large.metadata["report"]["state"][3]["name"] == "state[3] rx"
 
 
+def test_progress_lines_per_pass_only_when_asked_or_slow(libero_like, tmp_path, capsys):
+    cfg, root, _ = libero_like
+    kw = dict(out_path=None, use_cache=False, cache_dir=tmp_path, memory_budget_mb=1e-4)
+    stats = compute_norm_stats(cfg, root, None, progress_every_s=0, **kw)  # a line after every data file
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("norm stats pass ")]
+    total = sum([3, 60, 49, 120, 12, 88])
+    for n in range(1, stats.metadata["passes"] + 1):
+        mine = [line for line in lines if line.startswith(f"norm stats pass {n}: ")]
+        assert mine and mine[-1].startswith(f"norm stats pass {n}: {total}/{total} frames (100%)"), lines
+    compute_norm_stats(cfg, root, None, **kw)  # default interval (10 s): a small dataset prints nothing
+    assert "norm stats pass" not in capsys.readouterr().out
+
+
 def _one_dim(stats, i):
     return type(stats)(**{k: v[i : i + 1] for k, v in stats.__dict__.items() if isinstance(v, np.ndarray)})
 

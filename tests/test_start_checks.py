@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 
 from model_zoo.lora_settings import LoraSettings
-from steps.config.validate import DEMO_DATASET, InputError, validate_run_inputs
+from steps.config.validate import InputError, validate_run_inputs
 from tests.test_flow import FLOW, flow_env
 
 NOT_SAFETENSORS = b"not a checkpoint" * 256  # 4096 bytes; its first 8 bytes read as the header length
 NOT_SAFETENSORS_LENGTH = struct.unpack("<Q", NOT_SAFETENSORS[:8])[0]
+# The demo dataset of pi05_metaworld and the YAML types extending it (the shipped Meta-World renders).
+DEMO_DATASET = "demo://metaworld_demo"
 
 
 def _validate(tmp_path, **kwargs):
@@ -134,7 +136,7 @@ def test_demo_uses_the_dataset_a_yaml_names_and_says_so(tmp_path, local_dataset,
     rc = _validate(tmp_path, config_type=str(named), eval_episodes=1)
     assert (rc.data.dataset, rc.data.dataset_kind, rc.model.variant) == (str(local_dataset), "local", "tiny")
     assert capsys.readouterr().out.splitlines() == [
-        f"--demo: training the tiny model on {local_dataset}, the dataset {named} names (for generated data "
+        f"--demo: training the tiny model on {local_dataset}, the dataset {named} names (for its demo dataset "
         f"instead: --dataset {DEMO_DATASET})"
     ]
     # A YAML that only extends a built-in names no dataset of its own: the demo data, silently as before.
@@ -147,7 +149,7 @@ def test_demo_uses_the_dataset_a_yaml_names_and_says_so(tmp_path, local_dataset,
     hub = tmp_path / "hub.yaml"
     hub.write_text("extends: pi05_metaworld\nname: my_hub_arm\ndataset: someone/not_cached\n")
     _refused(tmp_path, "--dataset: Hub dataset 'someone/not_cached' is not in the Hugging Face cache and "
-             f"HF_HUB_OFFLINE is set; to run --demo on generated data instead, add --dataset {DEMO_DATASET}",
+             f"HF_HUB_OFFLINE is set; to run --demo on its demo dataset instead, add --dataset {DEMO_DATASET}",
              config_type=str(hub))  # fmt: skip
 
 

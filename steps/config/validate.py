@@ -42,11 +42,16 @@ from steps.config.run_config import (
     TrainSection,
 )
 from steps.evaluate.settings import check_sim_suite, check_sim_tasks, check_sim_workers, sim_settings
-from steps.fetch.run_inputs import PALIGEMMA_TOKENIZER_URL, TINY_TOKENIZER, check_tokenizer_spec
+from steps.fetch.run_inputs import (
+    PALIGEMMA_TOKENIZER_URL,
+    TINY_TOKENIZER,
+    check_tokenizer_spec,
+    demo_dataset_id,
+)
 from steps.train.launch import check_train_options
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-DEMO_DATASET = "demo://synthetic"  # the --demo default: a small generated dataset in the config type's schema
+DEMO_PREFIX = "demo://"  # --demo datasets (steps.fetch.run_inputs.demo_dataset_id names them)
 # --demo defaults: a few steps of the tiny model, small batches, frequent checkpoints (for resume).
 DEMO_DEFAULTS = {"max_steps": 40, "batch_size": 4, "learning_rate": 1e-3, "eval_samples": 32}
 DEFAULT_EVAL_SAMPLES = 256
@@ -71,7 +76,7 @@ def _positive(name: str, value: Any, kind=int) -> None:
 
 def classify_dataset(dataset: str) -> str:
     """'local' | 's3' | 'metaworld' | 'libero' | 'maniskill' | 'hub' | 'demo' for a --dataset value."""
-    if dataset == DEMO_DATASET:
+    if dataset.startswith(DEMO_PREFIX):
         return "demo"
     if dataset.startswith("s3://"):
         return "s3"
@@ -189,7 +194,7 @@ def _check_pretrained(pretrained: str | None, demo: bool, model_type: str, varia
 
 def _check_vla_dataset(kind: str, dataset: str, revision: str | None, ct, check_remote: bool) -> dict | None:
     """Check a VLA dataset as far as its kind allows without reading data; its meta/info.json if known."""
-    from steps.fetch.run_inputs import DEMO_EPISODES, shipped_demo_dataset
+    from steps.fetch.run_inputs import DEMO_EPISODES, check_demo_dataset_id, shipped_demo_dataset
 
     if kind == "local":
         return check_local_dataset(Path(dataset.removeprefix("file://")).expanduser().resolve(), ct)
@@ -223,6 +228,10 @@ def _check_vla_dataset(kind: str, dataset: str, revision: str | None, ct, check_
     if kind == "s3":
         return check_s3_dataset(dataset, ct, check_remote)
     if kind == "demo":
+        try:
+            check_demo_dataset_id(dataset, ct)
+        except ValueError as exc:
+            raise InputError(_one_line(exc)) from None
         shipped = shipped_demo_dataset(ct)
         return dataset_info(shipped) if shipped else {"total_episodes": DEMO_EPISODES}
     return None
@@ -310,7 +319,9 @@ def validate_run_inputs(
         from steps.text.flow_steps import check_text_inputs
 
         try:
-            text = check_text_inputs(ct, dataset=dataset, pretrained=pretrained, tokenizer=tokenizer)
+            text = check_text_inputs(
+                ct, dataset=dataset, pretrained=pretrained, tokenizer=tokenizer, demo=demo
+            )
         except ValueError as exc:
             raise InputError(_one_line(exc)) from None
         dataset, kind = text["dataset"], text["dataset_kind"]
@@ -318,14 +329,14 @@ def validate_run_inputs(
         if kind == "hub" and check_remote:
             check_hub_dataset(dataset, dataset_revision)
     elif dataset is None and demo and not (yaml_names_dataset(config_type) and ct.dataset_id):
-        dataset, dataset_revision = DEMO_DATASET, None
+        dataset, dataset_revision = demo_dataset_id(ct), None
     else:
         try:
             dataset, dataset_revision = require_dataset(ct, dataset, dataset_revision)
         except ValueError as exc:
             raise InputError(f"--dataset: {_one_line(exc)}") from None
     # --demo on the dataset a YAML names (the user named it: never silently replaced by generated data).
-    demo_on_named = demo and not is_text and dataset != DEMO_DATASET and given_dataset is None
+    demo_on_named = demo and not is_text and not dataset.startswith(DEMO_PREFIX) and given_dataset is None
     if not is_text:
         kind = classify_dataset(dataset)
         try:
@@ -334,7 +345,7 @@ def validate_run_inputs(
             if not demo_on_named:
                 raise
             raise InputError(
-                f"{exc}; to run --demo on generated data instead, add --dataset {DEMO_DATASET}"
+                f"{exc}; to run --demo on its demo dataset instead, add --dataset {demo_dataset_id(ct)}"
             ) from None
         if kind == "local":
             dataset = str(Path(dataset.removeprefix("file://")).expanduser().resolve())
@@ -408,7 +419,7 @@ def validate_run_inputs(
     check_train_config(rc, world_size)
     if demo_on_named:
         print(f"--demo: training the tiny model on {dataset}, the dataset {config_type} names "
-              f"(for generated data instead: --dataset {DEMO_DATASET})")  # fmt: skip
+              f"(for its demo dataset instead: --dataset {demo_dataset_id(ct)})")  # fmt: skip
     return rc
 
 

@@ -109,10 +109,14 @@ def evaluate_export(
     sim_tasks: Sequence[str] | None = None,
     sim_suite: str | None = None,
     sim_workers: int | None = None,
+    progress_every_s: float | None = None,
 ) -> EvalResult:
     """Offline metrics on ``episodes`` (at most ``max_samples`` frames) and, for simulator config types,
     ``sim_episodes`` closed-loop episodes per task (0 turns the simulator off), at most ``sim_max_steps``
     steps each (None: the benchmark's limit), in ``sim_workers`` simulator processes (None: one per core).
+
+    Progress: a line at most every ``progress_every_s`` seconds of offline evaluation (default 10 s,
+    ``steps.progress``) and one line per closed-loop episode.
     """
     from steps.evaluate.offline import evaluate_offline
     from steps.policy import Policy
@@ -136,6 +140,7 @@ def evaluate_export(
         policy, dataset_root, episodes, num_samples=max_samples, batch_size=batch_size,
         seed=int(train_config.get("seed", seed)), out_dir=out,
         loss_reduction=train_config.get("loss_reduction"), mask_padded=train_config.get("mask_padded_actions"),
+        progress_every_s=progress_every_s,
     )  # fmt: skip
     metrics = dict(offline.metrics)
     artifacts = {f"plots/{Path(path).name}": str(path) for path in offline.plots.values()}

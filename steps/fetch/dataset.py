@@ -48,7 +48,7 @@ class FetchResult:
     dataset_id: str
     # Commit hash of the snapshot (Hub), listing digest (S3), or None for a local folder.
     revision: str | None
-    # "hub", "s3" or "local".
+    # "hub", "s3" or "local" ("demo" / "metaworld" for those, see steps.fetch.run_inputs.fetch_run_dataset).
     source: str
     num_episodes: int
     num_frames: int
@@ -161,11 +161,15 @@ def _download(repo_id: str, revision: str | None, cache_dir) -> Path:
         RevisionNotFoundError,
     )
 
+    from steps.progress import hub_progress_class
+
     where = f"Hub dataset {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
     cache = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HUB_CACHE)
     try:
+        # tqdm_class: the Hub's progress bars as lines every 10 s (in a flow task it sees no terminal).
         path = snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision,
-                                 cache_dir=str(cache_dir) if cache_dir is not None else None)  # fmt: skip
+                                 cache_dir=str(cache_dir) if cache_dir is not None else None,
+                                 tqdm_class=hub_progress_class())  # fmt: skip
     except LocalEntryNotFoundError as err:
         offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
         raise UserError(

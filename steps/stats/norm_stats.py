@@ -71,6 +71,26 @@ DEFAULT_MAX_ABS_NORMALIZED = 5.0
 NORM_EPS = 1e-6  # the epsilon of data_adapters.normalization
 
 
+def _with_progress(source, total_frames: int, every_s: float | None):
+    """``source`` with a progress line per pass at most every ``every_s`` seconds (default 10 s): only a
+    dataset that takes that long to read prints anything."""
+    from steps.progress import DEFAULT_EVERY_S, Progress
+
+    passes = [0]
+
+    def read():
+        passes[0] += 1
+        progress = Progress(f"norm stats pass {passes[0]}", total_frames, unit="frames",
+                            every_s=DEFAULT_EVERY_S if every_s is None else every_s)  # fmt: skip
+        for item in source():
+            yield item
+            progress.advance(len(item.state))
+        if progress.lines:
+            progress.finish()
+
+    return read
+
+
 def compute_norm_stats(
     cfg: Any,
     dataset_root: str | Path,
@@ -88,6 +108,7 @@ def compute_norm_stats(
     hist_bins: int = 1 << 14,
     seed: int = 0,
     workers: int = 1,
+    progress_every_s: float | None = None,
 ):
     """Statistics of ``cfg``'s state and actions over ``episodes`` of the dataset at ``dataset_root``.
 
@@ -110,6 +131,7 @@ def compute_norm_stats(
         seed: sampling seed (changes the work done, never the exact result).
         workers: threads over the dims of each block (numpy releases the GIL in the per-dim work);
             the result does not depend on it.
+        progress_every_s: a progress line per pass over the data at most this often (default 10 s).
 
     Returns:
         data_adapters.normalization.NormStats (float32 statistics + metadata).
@@ -177,6 +199,7 @@ def compute_norm_stats(
         )
     budget = int(memory_budget_mb * (1 << 20))
     source = episode_source(meta, selected, cfg.state_keys, cfg.action_keys, keep_bytes=budget // 4)
+    source = _with_progress(source, sum(ep.length for ep in selected), progress_every_s)
     result = compute_chunk_stats(
         _digested(source, digest),
         [ep.length for ep in selected],

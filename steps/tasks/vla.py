@@ -26,6 +26,7 @@ class VlaTask(RunTask):
         revision = fetched["revision"] if fetched["source"] == "hub" else None
         stats = compute_norm_stats(self.rc.config_type, fetched["path"], fetched["train_episodes"],
                                    check_episodes=fetched["val_episodes"], revision=revision, out_path=out_path)  # fmt: skip
+        self.log_dataset(fetched, who)  # the first step that talks to MLflow after fetch_data
         return stats.to_json_dict()
 
     def node_inputs(self, fetched: dict, norm_stats: dict, tokenizer_model: bytes,
