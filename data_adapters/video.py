@@ -36,8 +36,9 @@ _INHERITED_FROM_PARENT: list = []
 class VideoDecodeError(RuntimeError):
     """A video file could not be opened or does not hold a frame at the requested time."""
 
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{path}: {reason}")
+    def __init__(self, path: str | Path, reason: str | None = None):
+        # One argument: the whole message (how a torch DataLoader re-raises it from a worker process).
+        super().__init__(f"{path}: {reason}" if reason is not None else str(path))
         self.path = str(path)
         self.reason = reason
 

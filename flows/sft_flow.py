@@ -5,6 +5,7 @@
     python flows/sft_flow.py --config cluster cluster.yaml run ...         # nodes, GPUs, image
     python flows/sft_flow.py resume                                        # after a failure
     python flows/sft_flow.py run --config_type my_text.yaml --lora         # text SFT of a causal LM (kind: text)
+    python flows/sft_flow.py run --config_type text_sft --demo             # offline text demo (tiny LM, chat rows)
 
 start (validate, MLflow run, lineage id) -> fetch_data -> compute_norm_stats -> train (@torchrun on
 ``cluster.nodes`` nodes) -> join -> evaluate -> register -> end. Each step calls one function in
@@ -16,7 +17,6 @@ environment or ``@secrets``, never from Parameters.
 import atexit
 import contextlib
 import gc
-import json
 import os
 import sys
 import time
@@ -40,6 +40,10 @@ from flows.user import ensure_metaflow_user  # noqa: E402
 
 ensure_metaflow_user()  # before Metaflow is imported: root, or no user variable, is "Unknown user" to it
 
+from flows.quiet import quiet_defaults  # noqa: E402
+
+quiet_defaults()  # before Metaflow and MLflow are imported: no pylint notice, no MLflow INFO lines
+
 from metaflow import (  # noqa: E402
     Config,
     FlowSpec,
@@ -53,20 +57,12 @@ from metaflow import (  # noqa: E402
     timeout,
     torchrun,
 )
-from metaflow.exception import MetaflowException  # noqa: E402
 
 from flows import torchrun_compat  # noqa: E402
 from flows.cluster import parse_cluster, sft_deployment  # noqa: E402
+from flows.step_errors import InvalidInput, reported  # noqa: E402
 
 torchrun_compat.install()
-
-
-class InvalidInput(MetaflowException):
-    headline = "Invalid input"
-
-
-class SimulatorNotReadyError(MetaflowException):
-    headline = "Simulator not ready"
 
 
 @sft_deployment
@@ -82,8 +78,11 @@ class SFTFlow(FlowSpec):
                             help="Built-in config type (pi0_libero, pi05_libero, pi0_maniskill, pi05_maniskill, "
                                  "pi05_metaworld, pi05_calvin) or a path to a custom YAML.")  # fmt: skip
     dataset = Parameter("dataset", default=None, type=str,
-                        help="Hub dataset id, local LeRobot folder, s3:// URI or metaworld://... "
-                             "(default: the config type's dataset; with --demo a small generated one).")  # fmt: skip
+                        help="Hub dataset id, local LeRobot folder, s3:// URI or metaworld://... (default: the "
+                             "config type's dataset; with --demo its demo dataset: demo://metaworld_demo, the "
+                             "Meta-World renders shipped in the repository, for Meta-World types, "
+                             "demo://synthetic/<config type> (generated) for the others, demo://chat_demo for "
+                             "text).")  # fmt: skip
     dataset_revision = Parameter(
         "dataset_revision", default=None, type=str, help="Hub revision (tag/commit)."
     )
@@ -96,9 +95,11 @@ class SFTFlow(FlowSpec):
         "learning_rate", default=None, type=float, help="Peak learning rate (default: preset)."
     )
     lora = Parameter("lora", default=False, type=bool, is_flag=True, help="LoRA instead of full fine-tuning.")
-    lora_rank = Parameter("lora_rank", default=32, type=int, help="LoRA rank (with --lora).")
+    lora_rank = Parameter("lora_rank", default=None, type=int,
+                          help="LoRA rank (only with --lora; default: the LoRA preset's, 32).")  # fmt: skip
     pretrained = Parameter("pretrained", default=None, type=str,
-                           help="Base weights: local folder/file or Hub id (safetensors); none = random init.")  # fmt: skip
+                           help="Base weights: local folder/file or Hub id (safetensors); none = random init "
+                                "(text: the model; with --demo a tiny one built locally, demo://tiny_chat_lm).")  # fmt: skip
     tokenizer = Parameter("tokenizer", default=None, type=str,
                           help="SentencePiece tokenizer: path, https:// URL, hf://org/repo/file or 'tiny' "
                                "(default: PaliGemma's; 'tiny' with --demo).")  # fmt: skip
@@ -127,9 +128,11 @@ class SFTFlow(FlowSpec):
     train_options = Parameter("train_options", default=None, type=JSONType,
                               help='Extra TrainConfig fields as JSON, e.g. \'{"precision": "bf16"}\'.')  # fmt: skip
     demo = Parameter("demo", default=False, type=bool, is_flag=True,
-                     help="Offline demo: tiny model, small generated dataset, tiny tokenizer, a few steps.")  # fmt: skip
+                     help="Offline demo: tiny model, tiny tokenizer, the config type's demo dataset (see "
+                          "--dataset), a few steps.")  # fmt: skip
 
     @step
+    @reported
     def start(self):
         """Validate every input in seconds; resolve the run config once; create or reuse the MLflow run."""
         from steps.config.validate import running_remotely, validate_run_inputs
@@ -171,6 +174,7 @@ class SFTFlow(FlowSpec):
               f"checkpoints {self.checkpoint_dir}")  # fmt: skip
 
     @step
+    @reported
     def fetch_data(self):
         """Download (or locate / generate) the dataset, check its schema, split episodes; get the tokenizer."""
         from steps.tasks import task_for
@@ -180,6 +184,7 @@ class SFTFlow(FlowSpec):
         self.next(self.compute_norm_stats)
 
     @step
+    @reported
     def compute_norm_stats(self):
         """Exact normalization statistics over the training episodes (text: token-length statistics)."""
         from steps.tasks import task_for
@@ -196,6 +201,7 @@ class SFTFlow(FlowSpec):
     @resources(cpu=cluster.cpu, memory=cluster.memory, gpu=cluster.gpus_per_node)
     @torchrun
     @step
+    @reported
     def train(self):
         """``python -m steps.train`` under torchrun on every node; checkpoints under the lineage id, so retries
         resume."""
@@ -207,7 +213,7 @@ class SFTFlow(FlowSpec):
                                       workdir=_run_dir(self) / f"node{self.node_index}",
                                       checkpoint_dir=self.checkpoint_dir, tracking_uri=self.tracking_uri)  # fmt: skip
         os.environ.update(launch.worker_environment(self.mlflow_run_id, self.tracking_uri, _ROOT))
-        with _timed(self, "train.torchrun"):
+        with _timed(self, "train.torchrun"), job.user_errors():
             current.torch.run(entrypoint=launch.TRAIN_ENTRYPOINT, entrypoint_args=job.entrypoint_args,
                               torchrun_args=dict(launch.TORCHRUN_ARGS), nproc_per_node=task.rc.cluster.procs_per_node)  # fmt: skip
         self.train_result = job.read_result() if self.node_index == 0 else None
@@ -224,6 +230,7 @@ class SFTFlow(FlowSpec):
                           history=read_metrics_file(job.config.metrics_file))  # fmt: skip
 
     @step
+    @reported
     def join(self, inputs):
         """Keep node 0's training result (the other nodes trained the same model)."""
         main = next(i for i in inputs if i.node_index == 0)
@@ -236,6 +243,7 @@ class SFTFlow(FlowSpec):
     @card(type="blank", id="evaluate")
     @resources(cpu=cluster.cpu, memory=cluster.memory, gpu=cluster.eval_gpus)
     @step
+    @reported
     def evaluate(self):
         """Held-out metrics (validation loss, action-chunk errors, plots) and, for simulator config types,
         closed-loop success rates of the exported model, through the registered model's inference path."""
@@ -243,14 +251,9 @@ class SFTFlow(FlowSpec):
         from steps.tasks import task_for
 
         task = task_for(self.run_config)
-        from steps.sim.base import SimulatorNotReady
-
-        try:
-            with _timed(self, "evaluate"):
-                outcome = task.evaluate(self.export_uri, self.fetched, workdir=_run_dir(self) / "evaluate",
-                                        who=_identity(self))  # fmt: skip
-        except SimulatorNotReady as exc:  # one line naming the fix, not a renderer traceback
-            raise SimulatorNotReadyError(str(exc)) from None
+        with _timed(self, "evaluate"):  # a SimulatorNotReady leaves @reported as one line naming the fix
+            outcome = task.evaluate(self.export_uri, self.fetched, workdir=_run_dir(self) / "evaluate",
+                                    who=_identity(self))  # fmt: skip
         self.eval_metrics, self.eval_details, self.eval_files = (
             outcome.metrics,
             outcome.details,
@@ -262,6 +265,7 @@ class SFTFlow(FlowSpec):
         self.next(self.register)
 
     @step
+    @reported
     def register(self):
         """Register the exported model (idempotent per lineage) with lineage tags; alias ``candidate``;
         close the MLflow run (here rather than in ``end``, which then needs no MLflow import)."""
@@ -274,12 +278,13 @@ class SFTFlow(FlowSpec):
         self.next(self.end)
 
     @step
+    @reported
     def end(self):
-        """Say where everything is."""
-        mv = self.model_version
-        print(f"model {mv['name']} version {mv['version']} (alias {mv['alias']}) · MLflow run {self.mlflow_run_id}\n"
-              f"metrics {json.dumps(self.eval_metrics)}\n"
-              f"browse: mlflow ui --backend-store-uri {self.tracking_uri}")  # fmt: skip
+        """Say where everything is: model version, dataset, key metrics, how to browse and promote."""
+        from steps.registry.summary import run_summary
+
+        print(run_summary(model_version=self.model_version, metrics=self.eval_metrics, mlflow_run_id=self.mlflow_run_id,
+                          tracking_uri=self.tracking_uri, dataset=self.fetched.get("dataset_id")))  # fmt: skip
 
 
 def _run_dir(flow) -> Path:

@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_model
 from torch import nn
 
+from model_zoo.checkpoint_header import read_safetensors_header
 from model_zoo.files import write_dir_atomically
 from model_zoo.hub import WEIGHTS_NAME, CheckpointError, resolve_weight_files
 
@@ -103,6 +104,7 @@ def _read_headers(files: list[Path]) -> tuple[dict[str, tuple[Path, tuple[int, .
     entries: dict[str, tuple[Path, tuple[int, ...]]] = {}
     aliases: dict[str, str] = {}
     for file in files:
+        read_safetensors_header(file)  # a file that is not safetensors, or is cut short, is named here
         with safe_open(str(file), framework="pt", device="cpu") as handle:
             for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
                 entries[key] = (file, tuple(handle.get_slice(key).get_shape()))

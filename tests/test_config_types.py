@@ -72,6 +72,8 @@ def test_builtin_config_type_facts(name):
         "pi05_metaworld": "metaworld",
         "pi0_libero": "libero",
         "pi05_libero": "libero",
+        "pi0_maniskill": "maniskill",
+        "pi05_maniskill": "maniskill",
     }.get(name)
     expected_delta = (True,) * 6 + (False,) if name == "pi0_libero" else (False,) * action_dim
     assert cfg.delta_mask == expected_delta

@@ -134,9 +134,8 @@ def test_validate_run_inputs_rejects_dataset_of_another_schema(tmp_path):
         validate_run_inputs(
             config_type="pi05_metaworld", dataset=str(root), tracking_uri=f"sqlite:///{tmp_path}/m.db"
         )
-    rc = validate_run_inputs(
-        config_type="pi0_libero", dataset=str(root), tracking_uri=f"sqlite:///{tmp_path}/m.db"
-    )
+    rc = validate_run_inputs(config_type="pi0_libero", dataset=str(root), eval_episodes=1,
+                             tracking_uri=f"sqlite:///{tmp_path}/m.db")  # fmt: skip
     assert (rc.data.dataset_kind, rc.data.dataset, rc.model.variant) == ("local", str(root.resolve()), "real")
 
 
@@ -181,6 +180,36 @@ def test_demo_run_config_defaults_and_round_trip(tmp_path):
     )
     assert rc.config_type == get_config_type("pi05_metaworld") and rc.model_name == "pi05_metaworld"
     assert RunConfig.from_dict(json.loads(json.dumps(rc.to_dict()))) == rc
+
+
+def test_demo_datasets_have_one_truthful_name(tmp_path):
+    """The shipped simulator demos (Meta-World, LIBERO) and the generated data of other types are named apart; the
+    fetched record carries the name (not the cache folder), with the fingerprint and a generated set's key."""
+    from steps.fetch.run_inputs import fetch_run_dataset, synthetic_demo_key
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    shipped = validate_run_inputs(config_type="pi05_metaworld", demo=True, tracking_uri=uri)
+    assert (shipped.data.dataset, shipped.data.dataset_kind) == ("demo://metaworld_demo", "demo")
+    libero = validate_run_inputs(config_type="pi0_libero", demo=True, tracking_uri=uri)
+    assert libero.data.dataset == "demo://libero_demo"
+    generated = validate_run_inputs(config_type="pi05_calvin", demo=True, tracking_uri=uri)
+    assert generated.data.dataset == "demo://synthetic/pi05_calvin"
+    assert generated.flat_params()["data.dataset"] == "demo://synthetic/pi05_calvin"
+    with pytest.raises(InputError, match=r"^--dataset: 'demo://synthetic/pi05_calvin' is not a demo dataset of "
+                                         r"config type 'pi05_metaworld'; its demo dataset is 'demo://metaworld_demo'$"):  # fmt: skip
+        validate_run_inputs(
+            config_type="pi05_metaworld", dataset="demo://synthetic/pi05_calvin", tracking_uri=uri
+        )
+
+    fetched = fetch_run_dataset(shipped, cache_dir=tmp_path / "cache")
+    assert (fetched.dataset_id, fetched.source, fetched.revision) == ("demo://metaworld_demo", "demo", None)
+    assert fetched.path.endswith("demo_data/metaworld_demo") and len(fetched.fingerprint) >= 8
+    made = fetch_run_dataset(generated, cache_dir=tmp_path / "cache")
+    assert (made.dataset_id, made.revision) == (
+        "demo://synthetic/pi05_calvin",
+        synthetic_demo_key(generated.config_type),
+    )
+    assert made.path.startswith(str(tmp_path / "cache"))
 
 
 def test_bad_cli_input_fails_in_start_within_seconds(tmp_path):
@@ -233,6 +262,55 @@ def test_run_per_lineage_is_reused_and_params_are_idempotent(tmp_path):
     assert client.get_experiment_by_name("exp").artifact_location.startswith((tmp_path / "mlruns").as_uri())
     assert tracking.lineage_id_for("SFTFlow", "7", None) == "SFTFlow-7"
     assert tracking.lineage_id_for("SFTFlow", "9", "7") == "SFTFlow-7"
+
+
+def test_the_mlflow_run_has_kind_user_source_and_its_dataset_as_input(tmp_path, monkeypatch):
+    """What MLflow's UI reads: the experiment's kind (it opens on its runs), the run's user and source, and
+    the training dataset under "Datasets" (name = the run's id, digest = fingerprint); logged once per
+    dataset even when a resume logs it again."""
+    from mlflow.tracking import MlflowClient
+
+    from steps.fetch.run_inputs import fetch_run_dataset
+    from steps.registry.run_metadata import log_dataset_input
+
+    monkeypatch.setenv("USERNAME", "alice")
+    monkeypatch.delenv("METAFLOW_USER", raising=False)
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    rc = validate_run_inputs(config_type="pi05_metaworld", demo=True, tracking_uri=uri)
+    run_id = tracking.start_run_tracking(rc, "SFTFlow-3", run_name="r", pathspec="SFTFlow/3", metaflow_run_id="3",
+                                         git_commit="0123abcd-dirty")  # fmt: skip
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert (
+        client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"]
+        == "custom_model_development"
+    )
+    tags = run.data.tags
+    assert tags["mlflow.user"] == "alice" and tags["mlflow.source.git.commit"] == "0123abcd"
+    assert tags["git_commit"] == "0123abcd-dirty" and tags["mlflow.source.type"] == "LOCAL"
+
+    fetched = fetch_run_dataset(rc, cache_dir=tmp_path / "cache").to_dict()
+    log_dataset_input(uri, run_id, fetched)
+    log_dataset_input(uri, run_id, fetched)  # a resumed compute_norm_stats
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    assert len(inputs) == 1
+    dataset = inputs[0].dataset
+    assert (dataset.name, dataset.digest, dataset.source_type) == ("demo://metaworld_demo", fetched["fingerprint"],
+                                                                   "local")  # fmt: skip
+    assert json.loads(dataset.source)["uri"] == fetched["path"]
+    assert json.loads(dataset.profile)["num_episodes"] == 15 and json.loads(dataset.profile)["held_out"] == 2
+    assert [(t.key, t.value) for t in inputs[0].tags] == [("mlflow.data.context", "training")]
+
+
+def test_a_hub_dataset_input_links_to_the_hub_at_its_commit():
+    from steps.registry.run_metadata import dataset_source
+
+    source_type, source = dataset_source({"source": "hub", "dataset_id": "lerobot/x", "revision": "c0ffee",
+                                          "path": "/cache/snap/c0ffee"})  # fmt: skip
+    assert (source_type, json.loads(source)) == ("hugging_face", {"path": "lerobot/x", "revision": "c0ffee"})
+    s3 = dataset_source({"source": "s3", "dataset_id": "s3://b/p", "revision": "d1", "path": "/cache/x"})
+    assert s3 == ("s3", json.dumps({"uri": "s3://b/p@d1"}))
 
 
 def test_register_is_idempotent_and_sets_alias(tmp_path):
@@ -347,6 +425,9 @@ def _mlflow_checks(root: Path, info: dict, *, expect_world_size: int) -> None:
     assert tags["metaflow.pathspec"] == f"SFTFlow/{info['id']}"
     assert tags["config_type"] == "pi05_metaworld" and tags["finetune"] == "full"
     assert tags["dataset.fingerprint"] and "metric.val_loss" in tags
+    assert (
+        tags["dataset.id"] == run.data.params["data.dataset"] == "demo://metaworld_demo"
+    )  # one name everywhere
     assert str(client.get_registered_model(mv["name"]).aliases["candidate"]) == str(mine[0].version)
     runs = client.search_runs([run.info.experiment_id], f"tags.`vla_sft.lineage_id` = '{info['lineage_id']}'")
     assert len(runs) == 1, "one MLflow run per lineage"

@@ -40,9 +40,10 @@ class ModelSection:
 class DataSection:
     # The resolved config type: key mapping, horizon, normalization, training preset.
     config_type: ConfigType | TextConfigType
-    # The dataset: local path (absolute), Hub id, s3://, metaworld:// or libero:// URI, or the demo marker.
+    # The dataset: local path (absolute), Hub id, s3://, metaworld://, libero:// or maniskill:// URI, or the
+    # demo marker.
     dataset: str
-    # "local" | "hub" | "s3" | "metaworld" | "libero" | "demo".
+    # "local" | "hub" | "s3" | "metaworld" | "libero" | "maniskill" | "demo".
     dataset_kind: str
     dataset_revision: str | None = None
     # VLA: a SentencePiece spec ("tiny", a file, https://, hf://); text: a tokenizer folder / Hub id or

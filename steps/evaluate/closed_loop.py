@@ -13,8 +13,9 @@ keeps the single-observation form the Meta-World tests and scripted experts use:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,28 +53,23 @@ def evaluate_closed_loop(
     workers: int = 0,
     out_dir: str | Path | None = None,
     record_episodes: int = 3,
+    options: Mapping[str, Any] | None = None,
     log: Callable[[str], None] | None = print,
 ) -> RolloutResult:
-    """`policy(list of observations) -> [B, H, action_dim]` on `simulator`'s `tasks`.
+    """`policy(list of observations) -> [B, H, action_dim]` on `simulator`'s `tasks`; `options` go to the
+    simulator (e.g. ManiSkill's control_mode) besides `resolution`.
 
     `replan_steps`: None uses the benchmark's rule (LIBERO: 5, as openpi) or else the whole chunk.
-    A simulator that needs its own venv names its Python in ``VLA_SFT_SIM_PYTHON_<NAME>`` (e.g.
-    ``VLA_SFT_SIM_PYTHON_MANISKILL``): it then always runs in worker processes of that interpreter, which
-    import only ``steps.sim`` (the policy stays here).
+    A simulator with a venv of its own (``Simulator.own_python``) always runs in worker processes.
     """
-    import os
-
     from steps.sim.base import simulator_class
 
     bench = simulator_class(simulator).benchmark
-    python = os.environ.get(f"VLA_SFT_SIM_PYTHON_{simulator.upper()}") or None
-    if python is not None:
-        workers = max(workers, 1)
-    options = {} if resolution is None else {"resolution": resolution}
+    options = {**(options or {}), **({} if resolution is None else {"resolution": resolution})}
     return run_benchmark(
         simulator, policy, tasks, episodes_per_task, seed_list(seeds, episodes_per_task), options=options,
-        max_steps=max_steps, replan_steps=replan_steps or bench.replan_steps, workers=workers, python=python,
-        out_dir=out_dir, record_episodes=record_episodes, log=log,
+        max_steps=max_steps, replan_steps=replan_steps or bench.replan_steps, workers=workers, out_dir=out_dir,
+        record_episodes=record_episodes, log=log,
     )  # fmt: skip
 
 

@@ -44,7 +44,7 @@ def sim_tasks_for(
     suite: str | None = None,
 ) -> list[str]:  # fmt: skip
     """Tasks to roll out: the given ones, else those a generated dataset was made from, else the benchmark's
-    (all of MT50; LIBERO: every task of ``suite``)."""
+    (all of MT50; LIBERO: every task of ``suite``; ManiSkill: PickCube-v1)."""
     if simulator == "libero":
         from steps.sim.libero import suites
         from steps.sim.libero.demonstrations import generated_tasks
@@ -53,6 +53,11 @@ def sim_tasks_for(
         if tasks:
             return list(suites.check_task_names(tasks, suite))
         return generated_tasks(dataset_root) or list(suites.SUITES[suites.check_suite(suite)])
+    if simulator == "maniskill":
+        from steps.sim.maniskill.demonstrations import generated_tasks
+        from steps.sim.maniskill.tasks import DEFAULT_TASK, check_task_names
+
+        return list(check_task_names(tasks)) if tasks else generated_tasks(dataset_root) or [DEFAULT_TASK]
     if tasks:
         return list(tasks)
     from steps.sim.metaworld.demonstrations import read_generation_meta
@@ -62,6 +67,15 @@ def sim_tasks_for(
         return list(read_generation_meta(dataset_root)["spec"]["tasks"])
     except FileNotFoundError:
         return list(TASKS)
+
+
+def sim_options_for(dataset_root: str | os.PathLike, simulator: str) -> dict:
+    """Simulator options a dataset fixes: ManiSkill's control mode (the one its actions were recorded in)."""
+    if simulator != "maniskill":
+        return {}
+    from steps.sim.maniskill.demonstrations import dataset_control_mode
+
+    return {"control_mode": dataset_control_mode(dataset_root)}
 
 
 # Default cap on simulator processes: a LIBERO task holds ~1.8 GB (scene textures, renderer buffers).
@@ -100,10 +114,14 @@ def evaluate_export(
     sim_tasks: Sequence[str] | None = None,
     sim_suite: str | None = None,
     sim_workers: int | None = None,
+    progress_every_s: float | None = None,
 ) -> EvalResult:
     """Offline metrics on ``episodes`` (at most ``max_samples`` frames) and, for simulator config types,
     ``sim_episodes`` closed-loop episodes per task (0 turns the simulator off), at most ``sim_max_steps``
     steps each (None: the benchmark's limit), in ``sim_workers`` simulator processes (None: one per core).
+
+    Progress: a line at most every ``progress_every_s`` seconds of offline evaluation (default 10 s,
+    ``steps.progress``) and one line per closed-loop episode.
     """
     from steps.evaluate.offline import evaluate_offline
     from steps.policy import Policy
@@ -133,6 +151,7 @@ def evaluate_export(
         policy, dataset_root, episodes, num_samples=max_samples, batch_size=batch_size,
         seed=int(train_config.get("seed", seed)), out_dir=out,
         loss_reduction=train_config.get("loss_reduction"), mask_padded=train_config.get("mask_padded_actions"),
+        progress_every_s=progress_every_s,
     )  # fmt: skip
     metrics = dict(offline.metrics)
     artifacts = {f"plots/{Path(path).name}": str(path) for path in offline.plots.values()}
@@ -146,6 +165,7 @@ def evaluate_export(
         sim = evaluate_closed_loop(
             policy.predict, ct.simulator, tasks, sim_episodes, max_steps=sim_max_steps, workers=workers,
             resolution=_image_resolution(dataset_root, ct.camera_keys[0]),
+            options=sim_options_for(dataset_root, ct.simulator),
             out_dir=out / "rollouts" if out is not None else None,
         )  # fmt: skip
         metrics.update(sim.metrics())

@@ -52,6 +52,10 @@ def check_sim_tasks(
             from steps.sim.libero.suites import check_task_names
 
             return check_task_names(names, suite)
+        if simulator == "maniskill":
+            from steps.sim.maniskill.tasks import check_task_names
+
+            return check_task_names(names)
         from steps.sim.metaworld.tasks import check_task_names
 
         check_task_names(list(names))

@@ -205,6 +205,11 @@ def start_run_tracking(
               "git_commit": git_commit or "unknown"},
     )  # fmt: skip
     log_params(run_config.tracking_uri, run_id, run_config.flat_params())
+    from mlflow.tracking import MlflowClient
+
+    from steps.registry.run_metadata import describe_run
+
+    describe_run(MlflowClient(tracking_uri=run_config.tracking_uri), run_id, git_commit=git_commit)
     return run_id
 
 

@@ -45,6 +45,7 @@ import numpy as np
 SIMULATORS: dict[str, str] = {
     "metaworld": "steps.sim.metaworld.sim:MetaworldSimulator",
     "libero": "steps.sim.libero.sim:LiberoSimulator",
+    "maniskill": "steps.sim.maniskill.sim:ManiskillSimulator",
 }
 
 
@@ -75,6 +76,9 @@ class Simulator(ABC):
 
     benchmark: ClassVar[Benchmark]
     video_keys: tuple[str, ...]
+    # Methods beyond the interface a worker process may call by name (``steps.sim.worker``'s "call"), e.g.
+    # ManiSkill's motion-planned ``demonstrate``; nothing else is callable from the other side.
+    remote_methods: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def reset(self, task: str, episode: int, seed: int) -> dict:
@@ -103,6 +107,14 @@ class Simulator(ABC):
     @abstractmethod
     def check_tasks(cls, tasks: Sequence[str]) -> list[str]:
         """`tasks` as the benchmark's task names, or a ValueError naming an unknown one."""
+
+    @classmethod
+    def own_python(cls) -> str | None:
+        """The interpreter of the simulator's own venv when it cannot run in this one (its pins clash with
+        the main environment's): the rollout loop then runs it in worker processes of that python, at least
+        one. None: this interpreter (in-process allowed). Default: ``$VLA_SFT_SIM_PYTHON_<NAME>`` when set
+        (e.g. ``VLA_SFT_SIM_PYTHON_LIBERO``), so any simulator can be moved into a venv of its own."""
+        return os.environ.get(f"VLA_SFT_SIM_PYTHON_{cls.benchmark.name.upper()}") or None
 
     @classmethod
     def preflight(cls) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -180,7 +180,12 @@ def run_episodes(
     """
     if replan_steps is not None and not (isinstance(replan_steps, int) and replan_steps >= 1):
         raise ValueError(f"replan_every: expected a positive int or None, got {replan_steps!r}")
+    from steps.progress import Progress  # stdlib only: importable wherever this loop runs
+
     pending = deque(episodes)
+    per_task = Counter(e.task for e in episodes)
+    # One line per episode (an episode is seconds to minutes): which one, its result and step count, ETA.
+    progress = Progress("closed loop", len(episodes), unit="episodes", every_s=0, log=log) if log else None
     slots = [_Slot(h) for h in handles]
     done: dict[EpisodeSpec, EpisodeOutcome] = {}
     recordings: list[tuple[EpisodeOutcome, list[np.ndarray]]] = []
@@ -238,9 +243,10 @@ def run_episodes(
                         slot.handle.send("observe")
                         slot.frames.append(video_frame(slot.handle.recv()["obs"], video_keys))
                     recordings.append((outcome, slot.frames))
-                if log:
-                    log(f"[sim] {spec.task} episode {spec.episode}: "
-                        f"{'success' if outcome.success else 'failure'} after {outcome.steps} steps")  # fmt: skip
+                if progress is not None:
+                    result = "success" if outcome.success else "no success"
+                    progress.advance(1, f"{spec.task} episode {spec.episode + 1}/{per_task[spec.task]} (seed {spec.seed}): "
+                                        f"{result} after {outcome.steps} steps")  # fmt: skip
                 slot.spec = None
                 finished.append(slot)
         if pending and finished:
@@ -284,6 +290,8 @@ def run_benchmark(
         raise ValueError(f"max_steps: expected a positive int, got {max_steps!r}")
     if not (isinstance(workers, int) and workers >= 0):
         raise ValueError(f"workers: expected an int >= 0, got {workers!r}")
+    if cls.own_python() is not None:  # a simulator in its own venv runs in workers of that python only
+        python, workers = python or cls.own_python(), max(workers, 1)
     record_every = record_every or bench.video_every
     plan = episode_plan(tasks, episodes_per_task, list(seeds))
     record = {(s.task, s.episode) for s in plan[: record_episodes if out_dir is not None else 0]}
@@ -333,7 +341,7 @@ def run_benchmark(
     )
     if log:
         for task, rate in per_task.items():
-            log(f"[sim] {task}: success {rate:.2f} over {episodes_per_task} episodes")
+            log(f"closed loop: {task}: success rate {rate:.2f} over {episodes_per_task} episodes")
     if out_dir is not None:
         out = Path(out_dir)
         result.media = save_media(recordings, out, fps=bench.fps / record_every) if recordings else []

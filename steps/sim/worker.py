@@ -3,7 +3,7 @@
     python -m steps.sim.worker      # then: {"op": "make", "simulator": "libero", "options": {...}}, ...
 
 Requests: ``make`` (build the simulator), ``reset`` (task, episode, seed), ``step`` (action, observe),
-``observe``, ``timings``, ``close``. Replies carry the result, or ``{"error": "..."}`` with one line.
+``observe``, ``timings``, ``call`` (method, kwargs: one of the simulator's ``remote_methods``), ``close``. Replies carry the result, or ``{"error": "..."}`` with one line.
 The real stdout is kept for messages and file descriptor 1 is pointed at stderr, so a simulator
 that prints cannot corrupt the stream. Any Python with numpy and the simulator can run it (the
 repository on ``PYTHONPATH``): it imports ``steps.sim.base`` and the simulator's package only.
@@ -50,6 +50,12 @@ def serve(inp, out) -> None:
                 reply = {"obs": sim.observe()}
             elif op == "timings":
                 reply = {"timings": sim.timings()}
+            elif op == "call":
+                method = msg.get("method")
+                if method not in type(sim).remote_methods:
+                    raise ValueError(f"{method!r} is not one of the simulator's remote methods "
+                                     f"{list(type(sim).remote_methods)}")  # fmt: skip
+                reply = {"result": getattr(sim, method)(**dict(msg.get("kwargs") or {}))}
             elif op == "close":
                 wire.write_message(out, {"ok": True})
                 break

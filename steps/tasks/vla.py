@@ -21,9 +21,12 @@ class VlaTask(RunTask):
     def compute_stats(self, fetched: dict, *, out_path: str | os.PathLike, who: RunIdentity) -> dict:
         from steps.stats.norm_stats import compute_norm_stats
 
-        stats = compute_norm_stats(
-            self.rc.config_type, fetched["path"], fetched["train_episodes"], out_path=out_path
-        )
+        # The held-out episodes are checked too (every episode before training); a Hub snapshot is
+        # trusted by its commit, a local or S3 folder by its files' identities.
+        revision = fetched["revision"] if fetched["source"] == "hub" else None
+        stats = compute_norm_stats(self.rc.config_type, fetched["path"], fetched["train_episodes"],
+                                   check_episodes=fetched["val_episodes"], revision=revision, out_path=out_path)  # fmt: skip
+        self.log_dataset(fetched, who)  # the first step that talks to MLflow after fetch_data
         return stats.to_json_dict()
 
     def node_inputs(self, fetched: dict, norm_stats: dict, tokenizer_model: bytes,

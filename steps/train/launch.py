@@ -17,10 +17,12 @@ training SIGKILL itself right after the checkpoint of step ``n`` is complete (Tr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,9 +91,11 @@ def build_train_config(
     export_dir: str,
     metrics_file: str | None,
     tracking_uri: str | None,
+    announce: bool = True,
 ) -> TrainConfig:
     """The run's TrainConfig: the run config's overrides over the config type's preset, then
-    ``--train_options``. ``rc`` is the run's ``steps.config.run_config.RunConfig``."""
+    ``--train_options``. ``rc`` is the run's ``steps.config.run_config.RunConfig``; ``announce`` False
+    leaves fault injection out (``start`` builds a trial copy only to validate it)."""
     fields: dict[str, Any] = {
         "config_type": rc.config_type,
         "dataset_root": inputs.dataset_root,
@@ -120,7 +124,7 @@ def build_train_config(
         fields["save_every"] = fields["val_every"] = max(1, max_steps // 4)
     fields.update(rc.train.options)
     fault = os.environ.get(FAULT_ENV)
-    if fault:
+    if fault and announce:
         fields["fail_after_step"] = int(fault)
         print(
             f"{FAULT_ENV}={fault}: training will kill itself after the checkpoint of step {fault}",
@@ -147,11 +151,44 @@ class TrainingJob:
     result_path: str
 
     @property
+    def error_path(self) -> str:
+        """Where a worker records a user error (``steps.errors.write_error_file``)."""
+        return str(Path(self.result_path).with_name("train_error.json"))
+
+    @property
     def entrypoint_args(self) -> list[str]:
-        return ["--config", self.config_path, "--result_json", self.result_path]
+        return [
+            "--config",
+            self.config_path,
+            "--result_json",
+            self.result_path,
+            "--error_json",
+            self.error_path,
+        ]
 
     def read_result(self) -> dict:
         return json.loads(Path(self.result_path).read_text())
+
+    @contextlib.contextmanager
+    def user_errors(self):
+        """Around torchrun: a worker's recorded user error replaces torchrun's failure (one line, no
+        traceback), and what torchrun prints after it (its ChildFailedError traceback) goes to a file."""
+        from steps import errors
+
+        console = sys.stderr
+        sys.stderr = _DivertAfter(
+            console, self.error_path, Path(self.result_path).with_name("torchrun_stderr.txt")
+        )
+        try:
+            yield
+        except Exception:
+            reported = errors.read_error_file(self.error_path)
+            if reported is None:
+                raise
+            raise reported from None
+        finally:
+            diverted, sys.stderr = sys.stderr, console
+            diverted.close()
 
 
 def prepare_training(task, fetched: dict, norm_stats: dict, tokenizer_model: bytes, *, workdir: str | os.PathLike,
@@ -166,7 +203,42 @@ def prepare_training(task, fetched: dict, norm_stats: dict, tokenizer_model: byt
     config.to_json(workdir / "train_config.json")
     result_path = workdir / "train_result.json"
     result_path.unlink(missing_ok=True)
+    for stale in workdir.glob("train_error*"):  # a previous attempt's error is not this attempt's
+        stale.unlink(missing_ok=True)
     return TrainingJob(config, str(workdir / "train_config.json"), str(result_path))
+
+
+class _DivertAfter:
+    """A text stream that writes to ``console`` until ``marker`` exists, then to the file ``divert_to``.
+
+    The drain threads of metaflow-torchrun write torchrun's stderr to ``sys.stderr`` chunk by chunk; a
+    worker that hit a user error writes ``marker`` before it exits, so everything torchrun reports after
+    that (the failed child, its ChildFailedError traceback) is kept in the file, off the console.
+    """
+
+    def __init__(self, console, marker: str, divert_to: Path):
+        self.console, self.marker, self.divert_to = console, marker, divert_to
+        self._file = None
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            if self._file is None and os.path.exists(self.marker):
+                self._file = open(self.divert_to, "a")  # noqa: SIM115 - closed in close()
+            return (self._file or self.console).write(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            (self._file or self.console).flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def __getattr__(self, name: str):  # encoding, fileno, isatty, ... of the console
+        return getattr(self.console, name)
 
 
 def check_train_options(options: dict | None) -> None:

@@ -131,8 +131,9 @@ def build_model(cfg: TrainConfig, ct, precision: str, *, load_weights: bool = Tr
         try:
             load_pretrained(model, cfg.pretrained, revision=cfg.pretrained_revision, strict=True)
         except CheckpointError as exc:
-            raise ValueError(f"pretrained: {cfg.pretrained} does not fit model {ct.model_type}/{cfg.model_variant}: "
-                             f"{exc}") from exc  # fmt: skip
+            # Still a CheckpointError (a user error, shown as one line), now naming the option.
+            raise CheckpointError(f"pretrained: {cfg.pretrained} does not fit model {ct.model_type}/{cfg.model_variant}: "
+                                  f"{exc}") from exc  # fmt: skip
     else:
         model = Pi0Model(model_config)
     if cfg.lora is not None:

@@ -448,9 +448,14 @@ class Trainer:
         export_dir = cfg.export_dir or train_setup.default_export_dir(cfg)
         model, ema_weights = self._gather_for_export()
         if self.ctx.is_main:
-            self.task.write_export(
-                model, export_dir, step=source_step, source=source, ema_weights=ema_weights
-            )
+            from steps.progress import stage
+
+            with stage(
+                "export", f"writing the model of step {source_step} ({source} weights) to {export_dir}"
+            ):
+                self.task.write_export(
+                    model, export_dir, step=source_step, source=source, ema_weights=ema_weights
+                )
             if cfg.checkpoint_dir.startswith("s3://") and cfg.export_dir is None:
                 print(f"export written to local {export_dir} (checkpoint_dir is on S3)", file=sys.stderr)
         D.barrier(self.ctx)
@@ -542,11 +547,35 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    config, result_json = parse_args(argv)
-    result = main(config)
+    # --error_json: where a user error (bad data, weights) goes for the flow's train step (steps.errors).
+    errors_arg = argparse.ArgumentParser(add_help=False)
+    errors_arg.add_argument("--error_json")
+    known, rest = errors_arg.parse_known_args(argv)
+    config, result_json = parse_args(rest)
+    try:
+        result = main(config)
+    except Exception as exc:
+        from steps import errors
+
+        if not (known.error_json and errors.is_user_error(exc)):
+            raise
+        report_user_error(exc, known.error_json)
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:
         text = json.dumps(result.to_dict(), indent=2)
         if result_json:
             Path(result_json).write_text(text + "\n")
         print(json.dumps({k: v for k, v in result.to_dict().items() if k not in ("losses", "val_losses")}))
     return 0
+
+
+def report_user_error(exc: BaseException, error_json: str) -> None:
+    """The error in ``error_json`` and its traceback in a file beside it; the launching step shows it (as one
+    line: nothing is printed here, so the console does not show it twice)."""
+    from steps import errors
+
+    rank = int(os.environ.get("RANK", "0"))
+    path = Path(error_json)
+    saved = errors.save_traceback(exc, path.with_name(f"{path.stem}.rank{rank}.traceback.txt"))
+    # Every failing rank writes the same file (atomically): any one of them is the error to show.
+    errors.write_error_file(path, exc, saved)
