@@ -19,8 +19,9 @@ from steps.sim.libero.env import quat_to_axis_angle
 
 REPO = Path(__file__).resolve().parents[1]
 TASK0 = suites.SUITES["libero_spatial"][0]
+# Without LIBERO the simulator tests skip, unless VLA_SFT_REQUIRE_LIBERO=1 (.ci/run sets it) makes that a failure.
 needs_libero = pytest.mark.skipif(
-    importlib.util.find_spec("libero") is None,
+    importlib.util.find_spec("libero") is None and os.environ.get("VLA_SFT_REQUIRE_LIBERO") != "1",
     reason="LIBERO not installed (python -m steps.sim.libero.install)",
 )
 
@@ -320,3 +321,22 @@ def test_evaluate_stops_before_the_first_episode_with_one_line_naming_the_fix(tm
         "MUJOCO_GL=egl or osmesa" in message or "steps.sim.libero.install" in message
     )
     assert not (tmp_path / "out" / "rollouts").exists()
+
+
+@needs_libero
+@pytest.mark.slow
+def test_every_suite_builds_resets_and_observes_with_the_installed_assets():
+    """libero_object, libero_goal and libero_10 use other scenes and objects than libero_spatial (the
+    offline assets need all five packages): the first task of each builds, resets from initial state 0 and
+    renders an 8-d state and two images."""
+    from steps.sim.libero.env import LiberoTaskEnv
+
+    for suite in ("libero_object", "libero_goal", "libero_10"):
+        env = LiberoTaskEnv(suites.SUITES[suite][0], resolution=32)
+        try:
+            env.reset(0)
+            obs = env.observe()
+            assert obs["state"].shape == (8,) and obs["images"]["wrist_image"].shape == (32, 32, 3), suite
+            assert obs["images"]["image"].std() > 5, f"{suite}: a blank agentview image"
+        finally:
+            env.close()

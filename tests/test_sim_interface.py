@@ -121,3 +121,11 @@ def test_a_simulator_python_of_its_own_runs_the_simulator_in_workers(monkeypatch
         resolution=32, log=None,
     )  # fmt: skip
     assert result.timings["workers"] == 1 and result.episodes[0].steps == 5
+
+
+def test_simulator_not_ready_is_a_user_error_with_its_own_headline():
+    """The flow's @reported steps show it as one line under 'Simulator not ready', and it is never retried."""
+    from steps import errors
+
+    exc = base.SimulatorNotReady("renderer: MuJoCo cannot open a MUJOCO_GL=egl context (...); install Mesa")
+    assert errors.is_user_error(exc) and errors.headline(exc) == "Simulator not ready"
