@@ -340,3 +340,29 @@ def test_every_suite_builds_resets_and_observes_with_the_installed_assets():
             assert obs["images"]["image"].std() > 5, f"{suite}: a blank agentview image"
         finally:
             env.close()
+
+
+@needs_libero
+@pytest.mark.slow
+def test_hard_resets_reproduce_episodes_and_soft_resets_are_faster_and_close():
+    """The default (hard) reset gives the same start for the same initial state whatever ran before; the
+    soft option is much faster and starts within a millimetre."""
+    import time
+
+    from steps.sim.libero.env import LiberoTaskEnv
+
+    starts, seconds = {}, {}
+    for hard in (True, False):
+        env = LiberoTaskEnv(TASK0, resolution=32, hard_reset=hard)
+        try:
+            runs = []
+            for state in (0, 1, 0):
+                began = time.perf_counter()
+                env.reset(state)
+                runs.append((time.perf_counter() - began, env.observe()["state"]))
+        finally:
+            env.close()
+        starts[hard], seconds[hard] = [r[1] for r in runs], min(r[0] for r in runs[1:])
+    np.testing.assert_array_equal(starts[True][0], starts[True][2])
+    np.testing.assert_allclose(starts[False][2], starts[True][0], atol=1e-3)
+    assert seconds[False] < seconds[True] / 3, seconds

@@ -103,7 +103,11 @@ class LiberoTaskEnv:
     """One LIBERO task: ``reset(episode, seed)`` (fixed initial state + settling), ``step(action)``,
     ``observe()`` (dataset-layout observation), ``raw_observation()`` (robosuite's dict, cameras included)."""
 
-    def __init__(self, task: str, *, resolution: int = DEFAULT_RESOLUTION):
+    def __init__(self, task: str, *, resolution: int = DEFAULT_RESOLUTION, hard_reset: bool = True):
+        """`hard_reset` (LIBERO's and openpi's default) rebuilds the MuJoCo model on every reset (~6 s here):
+        every episode is then bit-for-bit the same whatever ran before. False keeps the model (~0.3 s a reset),
+        but an episode then starts ~0.2 mm off (robot state after settling) depending on the previous
+        episode, so results depend on how episodes were spread over workers."""
         from steps.sim.base import import_triton_before_mesa
         from steps.sim.libero.runtime import configure
 
@@ -123,7 +127,8 @@ class LiberoTaskEnv:
             Path(get_libero_path("init_states")) / self.suite / f"{self.task}.pruned_init"
         )
         self._env = OffScreenRenderEnv(bddl_file_name=str(bddl), camera_heights=resolution,
-                                       camera_widths=resolution, camera_names=list(CAMERAS))  # fmt: skip
+                                       camera_widths=resolution, camera_names=list(CAMERAS),
+                                       hard_reset=bool(hard_reset))  # fmt: skip
         self._cameras_on = True
         self.times = {"reset": 0.0, "physics": 0.0, "render": 0.0}
         self.steps = 0
