@@ -366,3 +366,12 @@ def test_hard_resets_reproduce_episodes_and_soft_resets_are_faster_and_close():
     np.testing.assert_array_equal(starts[True][0], starts[True][2])
     np.testing.assert_allclose(starts[False][2], starts[True][0], atol=1e-3)
     assert seconds[False] < seconds[True] / 3, seconds
+
+
+def test_rollout_tasks_follow_the_suite_and_the_demo_dataset():
+    from steps.evaluate.export_eval import sim_tasks_for
+
+    assert sim_tasks_for(DEMO_DATASET, None, "libero", "libero_spatial") == [TASK0]  # the demo's task
+    assert sim_tasks_for(DEMO_DATASET, None, "libero", "libero_10") == list(suites.SUITES["libero_10"])
+    assert sim_tasks_for(DEMO_DATASET, ["3"], "libero", "libero_goal") == [suites.SUITES["libero_goal"][3]]
+    assert sim_tasks_for(REPO, None, "libero", None) == list(suites.SUITES["libero_spatial"])  # not generated

@@ -52,7 +52,9 @@ def sim_tasks_for(
         suite = suite or suites.DEFAULT_SUITE
         if tasks:
             return list(suites.check_task_names(tasks, suite))
-        return generated_tasks(dataset_root) or list(suites.SUITES[suites.check_suite(suite)])
+        # A generated dataset's tasks when they are of the suite asked for (the demo's), else the whole suite.
+        generated = [t for t in generated_tasks(dataset_root) or [] if suites.suite_of(t) == suite]
+        return generated or list(suites.SUITES[suites.check_suite(suite)])
     if simulator == "maniskill":
         from steps.sim.maniskill.demonstrations import generated_tasks
         from steps.sim.maniskill.tasks import DEFAULT_TASK, check_task_names
