@@ -375,3 +375,20 @@ def test_rollout_tasks_follow_the_suite_and_the_demo_dataset():
     assert sim_tasks_for(DEMO_DATASET, None, "libero", "libero_10") == list(suites.SUITES["libero_10"])
     assert sim_tasks_for(DEMO_DATASET, ["3"], "libero", "libero_goal") == [suites.SUITES["libero_goal"][3]]
     assert sim_tasks_for(REPO, None, "libero", None) == list(suites.SUITES["libero_spatial"])  # not generated
+
+
+@pytest.mark.slow
+def test_flow_without_a_headless_renderer_fails_in_evaluate_with_one_line_and_no_traceback(tmp_path):
+    """Item: evaluate checks the renderer before the first episode; the flow shows the fix, not a renderer
+    traceback (MUJOCO_GL=glx cannot render headless here)."""
+    from tests.test_flow import flow_env, run_flow
+
+    env = flow_env(tmp_path, MUJOCO_GL="glx")
+    result = run_flow(tmp_path, "run", "--config_type", "pi05_libero", "--demo", "--max_steps", "2",
+                      "--sim_episodes", "1", env=env)  # fmt: skip
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Simulator not ready" in out and "headless rendering needs MUJOCO_GL=egl or osmesa" in out, out[
+        -3000:
+    ]
+    assert "Traceback (most recent call last)" not in out, out[-3000:]
