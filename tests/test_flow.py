@@ -31,6 +31,9 @@ FLOW = REPO / "flows" / "sft_flow.py"
 def flow_env(root: Path, **extra: str) -> dict:
     env = dict(os.environ)
     env.pop("MLFLOW_RUN_ID", None)
+    env.pop(
+        "MLFLOW_REGISTRY_URI", None
+    )  # the run's registry is its tracking store, as for a user's first run
     env.update(
         USERNAME="dev",
         METAFLOW_HOME=str(root / "mfhome"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import urllib.request
 
@@ -40,7 +41,10 @@ def registered(tmp_path_factory):
     version = client.create_model_version("pi05_metaworld_test", info.model_uri, run_id=run.info.run_id)
     client.set_registered_model_alias("pi05_metaworld_test", "champion", version.version)
     yield {"export": export, "uri": uri, "model_uri": "models:/pi05_metaworld_test@champion", "root": root}
+    # set_registry_uri also exports MLFLOW_REGISTRY_URI, which every later subprocess (a flow run) would inherit.
     mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
 def _frame(rng, rows=2):
