@@ -6,19 +6,30 @@ YAML) into a checked dict; decorators read it (``@resources(gpu=cluster.gpus_per
 
 ``sft_deployment`` is a FlowMutator that
 
+- wraps every step in ``flows.run_status.tracked`` (the MLflow run's status, ``train``'s retry policy);
 - ships ``steps/``, ``model_zoo/``, ``data_adapters/`` and ``flows/`` in the code package (Metaflow
   packages only the flow file's folder; remote tasks import these packages from the package root);
 - with ``backend: kubernetes`` or ``batch`` in the Config, puts every step on that compute with the
   Config's image (and shared memory for DataLoader workers on Kubernetes). ``--with kubernetes``
-  on the command line works as well; the Config just records the choice with the run.
+  on the command line works as well; the Config just records the choice with the run. On those backends it
+  also hands every task the ``MLFLOW_TRACKING_URI`` of the machine that launches or deploys the run
+  (``@environment``; a URI with credentials is refused) and the Config's ``secrets`` (Kubernetes secrets,
+  or ``@secrets`` sources on Batch), where tracking credentials belong: they never enter the spec.
+
+Retries of ``train``: ``retries`` attempts after the first, each ``retry_backoff_s`` seconds after the
+failure (remote schedulers wait ``@retry(minutes_between_retries=...)``, rounded up to whole minutes; local
+runs, where Metaflow does not wait, sleep in the step: ``steps.train.attempts``).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 
 from metaflow import FlowMutator
+from metaflow.exception import MetaflowException
 
 CLUSTER_DEFAULTS: dict = {
     "nodes": 1,  # training nodes (@torchrun num_parallel)
@@ -31,16 +42,30 @@ CLUSTER_DEFAULTS: dict = {
     "image": None,  # container image for remote backends
     "backend": "local",  # "local" | "kubernetes" | "batch"
     "retries": 1,  # @retry on train: a retried attempt resumes from the last checkpoint
+    # Seconds between a failed train attempt and the next: long enough for a tracking server or a node to
+    # come back (a preempted node is replaced, a restarted server answers again).
+    "retry_backoff_s": 120,
+    "secrets": [],  # Kubernetes secrets (backend kubernetes) / @secrets sources (batch) for every task
     "checkpoint_root": None,  # None = <datastore root>/vla_sft/checkpoints (S3 for remote datastores)
     "timeout_hours": 72,  # @timeout on train
 }
 BACKENDS = ("local", "kubernetes", "batch")
+DERIVED = (
+    "eval_gpus",
+    "retry_backoff_minutes",
+)  # computed from the keys above (a given value is overwritten)
 PACKAGES = ("steps", "model_zoo", "data_adapters", "flows")
 PACKAGE_SUFFIXES = (".py", ".yaml", ".yml", ".json")
 
 
 class ClusterConfigError(ValueError):
     pass
+
+
+class DeploymentInputError(MetaflowException):
+    """Shown by Metaflow as headline + one line (no traceback) when the flow is launched or deployed."""
+
+    headline = "Invalid input"
 
 
 def parse_cluster(text: str) -> dict:
@@ -56,7 +81,7 @@ def parse_cluster(text: str) -> dict:
         data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ClusterConfigError(f"cluster config must be a mapping, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(CLUSTER_DEFAULTS) - {"eval_gpus"})
+    unknown = sorted(set(data) - set(CLUSTER_DEFAULTS) - set(DERIVED))
     if unknown:
         raise ClusterConfigError(
             f"cluster config: unknown key(s) {unknown}; known: {sorted(CLUSTER_DEFAULTS)}"
@@ -75,11 +100,35 @@ def parse_cluster(text: str) -> dict:
             f"cluster config: procs_per_node must be >= 1, got {out['procs_per_node']!r}"
         )
     out["eval_gpus"] = min(1, out["gpus_per_node"])  # derived: evaluate uses at most one GPU
+    backoff = out["retry_backoff_s"]
+    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0 <= backoff <= 86400:
+        raise ClusterConfigError(
+            f"cluster config: retry_backoff_s must be seconds in [0, 86400], got {backoff!r}"
+        )
+    out["retry_backoff_minutes"] = math.ceil(backoff / 60)  # @retry(minutes_between_retries) takes minutes
+    secrets = out["secrets"]
+    if not isinstance(secrets, list) or not all(isinstance(x, str) and x for x in secrets):
+        raise ClusterConfigError(f"cluster config: secrets must be a list of secret names, got {secrets!r}")
     if out["backend"] not in BACKENDS:
         raise ClusterConfigError(f"cluster config: backend must be one of {BACKENDS}, got {out['backend']!r}")
     if out["backend"] != "local" and out["nodes"] > 1 and not out["image"]:
         raise ClusterConfigError("cluster config: a multi-node remote run needs an image")
     return out
+
+
+def remote_environment() -> dict[str, str]:
+    """What every remote task needs from the launching machine's environment: the tracking URI (never with
+    credentials in it: those come from the Config's ``secrets``)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return {}
+    from steps.registry.tracking import TrackingError, check_no_credentials
+
+    try:
+        check_no_credentials(uri)
+    except TrackingError as exc:
+        raise DeploymentInputError(f"MLFLOW_TRACKING_URI: {exc}") from None
+    return {"MLFLOW_TRACKING_URI": uri}
 
 
 def project_root() -> Path:
@@ -104,6 +153,10 @@ class sft_deployment(FlowMutator):  # noqa: N801 - used as a lower-case decorato
     """Ship the project packages with the flow and apply the cluster Config's compute backend."""
 
     def pre_mutate(self, mutable_flow) -> None:
+        from flows.run_status import tracked
+
+        for _, step in mutable_flow.steps:
+            step.add_decorator(tracked)  # MLflow run status and train's retry policy (flows/run_status.py)
         cluster = dict(dict(mutable_flow.configs).get("cluster") or {})
         backend = cluster.get("backend", "local")
         if backend == "local":
@@ -115,8 +168,15 @@ class sft_deployment(FlowMutator):  # noqa: N801 - used as a lower-case decorato
             kwargs["disk"] = cluster["disk"]
         if backend == "kubernetes" and cluster.get("shared_memory"):
             kwargs["shared_memory"] = cluster["shared_memory"]
+        if backend == "kubernetes" and cluster.get("secrets"):
+            kwargs["secrets"] = list(cluster["secrets"])
+        environment = remote_environment()
         for _, step in mutable_flow.steps:
             step.add_decorator(backend, deco_kwargs=kwargs)
+            if environment:
+                step.add_decorator("environment", deco_kwargs={"vars": environment})
+            if backend == "batch" and cluster.get("secrets"):
+                step.add_decorator("secrets", deco_kwargs={"sources": list(cluster["secrets"])})
 
     def add_to_package(self):
         from metaflow.packaging_sys import ContentType

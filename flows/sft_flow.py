@@ -72,7 +72,7 @@ class SFTFlow(FlowSpec):
     cluster = Config("cluster", default_value="{}", parser=parse_cluster,
                      help="Cluster shape (JSON/YAML): nodes, gpus_per_node, procs_per_node, cpu, memory, "
                           "disk, shared_memory, image, backend (local|kubernetes|batch), retries, "
-                          "checkpoint_root, timeout_hours.")  # fmt: skip
+                          "retry_backoff_s, secrets, checkpoint_root, timeout_hours.")  # fmt: skip
 
     config_type = Parameter("config_type", default="pi05_metaworld",
                             help="Built-in config type (pi0_libero, pi05_libero, pi0_maniskill, pi05_maniskill, "
@@ -196,7 +196,7 @@ class SFTFlow(FlowSpec):
         self.next(self.train, num_parallel=self.cluster.nodes)
 
     @card(type="blank", id="train")
-    @retry(times=cluster.retries)
+    @retry(times=cluster.retries, minutes_between_retries=cluster.retry_backoff_minutes)
     @timeout(hours=cluster.timeout_hours)
     @resources(cpu=cluster.cpu, memory=cluster.memory, gpu=cluster.gpus_per_node)
     @torchrun
@@ -329,4 +329,6 @@ def _tag_metaflow_run(tag: str) -> None:
 
 
 if __name__ == "__main__":
-    SFTFlow()
+    from flows.run_status import main
+
+    main(SFTFlow)  # SFTFlow() with the no-retry exit code for errors a retry cannot fix

@@ -22,6 +22,12 @@ installed classes in place and is idempotent. What it fixes, all measured on 0.2
    the next attempt.
 5. The task process imported torch (seconds of CPU per node) only to check it is installed;
    ``importlib.util.find_spec`` answers the same question without importing it.
+6. torchrun's rendezvous store (a TCPStore in the node-0 launcher, no authentication) listened on every
+   interface, also for a local run whose master address is 127.0.0.1. When the master address is a
+   loopback address (a local run, single node or the local multi-node simulation) the command runs
+   ``python -m flows.torchrun_loopback`` instead of ``torch.distributed.run``: the same torchrun with the
+   store bound to that address, and gloo / NCCL sockets on the loopback interface. A real multi-node run
+   (master address of another host) launches plain torchrun, which must listen where the peers reach it.
 
 Kubernetes (JobSet) and AWS Batch runs go through the same, now uniform, code path.
 """
@@ -39,6 +45,7 @@ DEFAULT_MASTER_PORT = "3339"  # metaflow-torchrun 0.2.2's default; anything else
 PORT_RANGE = (20000, 30000)  # below Linux's ephemeral range (32768+), so clients don't squat it
 PORT_KEY = "master_port"
 MONITOR_INTERVAL_S = 2.0
+LOOPBACK_LAUNCHER = "flows.torchrun_loopback"
 _PATCH_MARK = "_vla_sft_compat_installed"
 
 
@@ -136,15 +143,15 @@ def _key_location(self):
 def _terminate_torchrun_children() -> None:
     """Stop the torchrun launcher this task started (and its workers), never anything else.
 
-    Only direct children whose command line runs ``torch.distributed.run`` are touched: the task
-    also has Metaflow sidecars and, on a local control task, the other nodes as children.
+    Only direct children whose command line runs ``torch.distributed.run`` (or the loopback launcher) are
+    touched: the task also has Metaflow sidecars and, on a local control task, the other nodes as children.
     """
     import psutil
 
     launchers = []
     for child in psutil.Process().children():
         try:
-            if "torch.distributed.run" in child.cmdline():
+            if {"torch.distributed.run", LOOPBACK_LAUNCHER} & set(child.cmdline()):
                 launchers.append(child)
         except psutil.Error:
             continue
@@ -189,17 +196,8 @@ def _run(self, torchrun_args=None, entrypoint=None, entrypoint_args=None, nproc_
     monitor = threading.Thread(target=watch_peers, name="torchrun-peer-monitor", daemon=True)
     monitor.start()
     try:
-        # Fresh containers: 0.2.2's _exec_cmd mutates its (shared default) arguments.
-        self._exec_cmd(
-            torchrun_args=dict(torchrun_args or {})
-            if not isinstance(torchrun_args, list)
-            else list(torchrun_args),
-            entrypoint=entrypoint,
-            entrypoint_args=list(entrypoint_args)
-            if isinstance(entrypoint_args, list)
-            else dict(entrypoint_args or {}),
-            nproc_per_node=nproc_per_node,
-        )
+        self._exec_cmd(torchrun_args=torchrun_args, entrypoint=entrypoint, entrypoint_args=entrypoint_args,
+                       nproc_per_node=nproc_per_node)  # fmt: skip
     except BaseException:
         notifier.failed(node_index)
         raise
@@ -210,6 +208,66 @@ def _run(self, torchrun_args=None, entrypoint=None, entrypoint_args=None, nproc_
         notifier.failed(node_index)
         raise TorchrunException(f"peer node(s) {peer_failed} failed")
     notifier.finished(node_index)
+
+
+def torchrun_command(base_args: dict, torchrun_args: dict | None, entrypoint: str, entrypoint_args: list,
+                     nproc_per_node: int | None) -> list[str]:  # fmt: skip
+    """The launcher command line: ``base_args`` (the executor's nnodes, master address and port, node rank)
+    updated by the step's ``torchrun_args`` ("" = a bare flag), then the entry point and its arguments."""
+    args = {**base_args, **(torchrun_args or {})}
+    if nproc_per_node is not None:
+        args["nproc_per_node"] = nproc_per_node
+    args.setdefault("nproc_per_node", 1)
+    launcher = LOOPBACK_LAUNCHER if is_loopback(str(args["master_addr"])) else "torch.distributed.run"
+    cmd = [sys.executable, "-m", launcher]
+    for key, value in args.items():
+        cmd += [f"--{key}"] if value in ("", None) else [f"--{key}", str(value)]
+    cmd += ["--rdzv_endpoint", f"{args['master_addr']}:{args['master_port']}", entrypoint, *entrypoint_args]
+    return cmd
+
+
+def is_loopback(address: str) -> bool:
+    import ipaddress
+
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def loopback_environment(master_addr: str) -> dict[str, str]:
+    """gloo and NCCL on the loopback interface for a local run (unless the user chose an interface)."""
+    if not is_loopback(master_addr):
+        return {}
+    names = {name for _, name in socket.if_nameindex()}
+    iface = next((n for n in ("lo", "lo0") if n in names), None)
+    if iface is None:
+        return {}
+    return {k: os.environ.get(k, iface) for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")}
+
+
+def _exec_cmd(self, torchrun_args=None, entrypoint=None, entrypoint_args=None, nproc_per_node=None):
+    """Drop-in for ``TorchrunExecutor._exec_cmd`` (dict ``torchrun_args`` and list ``entrypoint_args`` only)."""
+    import subprocess
+
+    from metaflow_extensions.torchrun.plugins.torchrun_libs.exceptions import TorchrunException
+    from metaflow_extensions.torchrun.plugins.torchrun_libs.streaming import stream_subprocess_output
+
+    if entrypoint is None:
+        raise TorchrunException("current.torch.run(..., entrypoint=<SCRIPT>, ...) arg must be specified.")
+    if not isinstance(torchrun_args or {}, dict) or not isinstance(entrypoint_args or [], list):
+        raise TorchrunException("torchrun_compat: torchrun_args must be a dict and entrypoint_args a list")
+    self._ensure_torch_installed()
+    cmd = torchrun_command(
+        self.torchrun_args, torchrun_args, entrypoint, list(entrypoint_args or []), nproc_per_node
+    )
+    env = {**os.environ, **loopback_environment(str(self.torchrun_args["master_addr"]))}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as process:
+        returncode = stream_subprocess_output(process, sys.stdout, sys.stderr)
+    if returncode != 0:
+        raise TorchrunException(f"Subprocess exited with return code {returncode}")
 
 
 def _ensure_torch_installed(self):
@@ -238,6 +296,7 @@ def install() -> None:
     datastore.TorchrunDatastore.get_datastore_key_location = _key_location
     executor.TorchrunExecutor.run = _run
     executor.TorchrunExecutor._ensure_torch_installed = _ensure_torch_installed
+    executor.TorchrunExecutor._exec_cmd = _exec_cmd
     setattr(decorator_cls, _PATCH_MARK, True)
 
 

@@ -316,6 +316,38 @@ def test_a_hub_dataset_input_links_to_the_hub_at_its_commit():
     assert s3 == ("s3", json.dumps({"uri": "s3://b/p@d1"}))
 
 
+FIRST_OPEN = """
+import sys, time
+from steps.registry import tracking
+uri, lineage, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+while time.time() < start:
+    time.sleep(0.005)
+print("RUN", tracking.get_or_create_run(uri, "exp", lineage)[0])
+"""
+
+
+def test_concurrent_first_runs_in_one_folder_share_one_new_database(tmp_path):
+    """Three processes open a database that does not exist yet at the same instant: without the lock one of
+    them fails in MLflow's table creation (alembic 'Online migration expected to match one row', 'table ...
+    already exists'); with it every one gets its run."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    start = time.time() + 8  # every process has imported MLflow by then
+    procs = [subprocess.Popen([sys.executable, "-c", FIRST_OPEN, uri, f"SFTFlow-{i}", str(start)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]  # fmt: skip
+    runs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        runs += [line.split()[1] for line in out.splitlines() if line.startswith("RUN ")]
+    assert len(set(runs)) == 3
+    from mlflow.tracking import MlflowClient
+
+    assert (
+        len(MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("exp").experiment_id]))
+        == 3
+    )
+
+
 def test_register_is_idempotent_and_sets_alias(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -449,13 +481,26 @@ def _mlflow_checks(root: Path, info: dict, *, expect_world_size: int) -> None:
         mlflow.set_tracking_uri(None)
 
 
+def _assert_retried_after(log: str, run_id: str, backoff_s: float) -> None:
+    """The retried train attempt said it waits ``backoff_s`` and resumed training that much later (Metaflow's
+    log timestamps)."""
+    from datetime import datetime
+
+    lines = [x for x in log.splitlines() if f"[{run_id}/train/" in x]
+    wait = next(i for i, x in enumerate(lines) if f"waiting {backoff_s:g} s before retrying" in x)
+    stamp = lambda line: datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f")  # noqa: E731
+    resumed = next(x for x in lines[wait:] if "resumed from" in x)
+    assert (stamp(resumed) - stamp(lines[wait])).total_seconds() >= backoff_s
+
+
 @pytest.mark.slow
 def test_demo_flow_end_to_end_on_two_local_nodes_with_a_preemption(tmp_path):
     """`run --demo` with @torchrun on 2 local nodes (gloo). Both nodes' training is killed after the
     step-6 checkpoint (VLA_SFT_FAIL_AFTER_STEP); @retry's second attempt continues from it. Every step
     succeeds; MLflow has params, metrics, artifacts and one registered version with lineage tags."""
     env = flow_env(tmp_path, VLA_SFT_FAIL_AFTER_STEP="6")
-    result = run_flow(tmp_path, "--config-value", "cluster", '{"nodes": 2, "retries": 1}', "run", "--demo",
+    cluster = '{"nodes": 2, "retries": 1, "retry_backoff_s": 6}'
+    result = run_flow(tmp_path, "--config-value", "cluster", cluster, "run", "--demo",
                       "--max_steps", "12", "--sim_episodes", "1", "--sim_max_steps", "15", env=env)  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     info = inspect_run(tmp_path)
@@ -463,6 +508,7 @@ def test_demo_flow_end_to_end_on_two_local_nodes_with_a_preemption(tmp_path):
     assert set(info["steps"]) == {"start", "fetch_data", "compute_norm_stats", "train", "join", "evaluate",
                                   "register", "end"} and all(info["steps"].values())  # fmt: skip
     assert info["attempts"]["train"] == 1  # attempt 0 was killed, attempt 1 finished
+    _assert_retried_after(result.stdout + result.stderr, info["id"], 6)
     assert info["train_result"]["world_size"] == 2
     assert info["train_result"]["resumed_from"] == 6
     assert info["train_result"]["final_step"] == info["run_config"]["train"]["max_steps"] == 12

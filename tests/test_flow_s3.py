@@ -21,8 +21,8 @@ def test_demo_flow_on_an_s3_datastore_resumes_from_s3_checkpoints(s3_env, s3_end
     s3_env.create_bucket(Bucket=bucket)
     env = flow_env(tmp_path, METAFLOW_DEFAULT_DATASTORE="s3", METAFLOW_DATASTORE_SYSROOT_S3=f"s3://{bucket}/metaflow",
                    METAFLOW_S3_ENDPOINT_URL=s3_endpoint, VLA_SFT_FAIL_AFTER_STEP="6")  # fmt: skip
-    result = run_flow(tmp_path, "--config-value", "cluster", '{"retries": 1}', "run", "--demo", "--max_steps", "12",
-                      "--sim_episodes", "0", env=env)  # fmt: skip
+    result = run_flow(tmp_path, "--config-value", "cluster", '{"retries": 1, "retry_backoff_s": 2}', "run", "--demo",
+                      "--max_steps", "12", "--sim_episodes", "0", env=env)  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     lines = [x[x.index("{") :] for x in (result.stdout + result.stderr).splitlines() if '"final_step"' in x]
     train = json.loads(lines[-1])

@@ -34,11 +34,13 @@ def registered(tmp_path_factory):
     # Artifacts in the temp folder, not ./mlruns (sqlite stores default to the working directory).
     mlflow.MlflowClient().create_experiment("pyfunc-test", artifact_location=str(root / "artifacts"))
     mlflow.set_experiment("pyfunc-test")
-    with mlflow.start_run() as run:
-        info = log_policy_model(export)
     client = mlflow.MlflowClient()
+    run = client.create_run(client.get_experiment_by_name("pyfunc-test").experiment_id)
+    info = log_policy_model(export, run_id=run.info.run_id, tracking_uri=uri)
+    assert client.get_run(run.info.run_id).info.status == "RUNNING"  # logging the model does not end the run
     client.create_registered_model("pi05_metaworld_test")
-    version = client.create_model_version("pi05_metaworld_test", info.model_uri, run_id=run.info.run_id)
+    version = client.create_model_version("pi05_metaworld_test", info.model_uri, run_id=run.info.run_id,
+                                          model_id=info.model_id)  # fmt: skip
     client.set_registered_model_alias("pi05_metaworld_test", "champion", version.version)
     yield {"export": export, "uri": uri, "model_uri": "models:/pi05_metaworld_test@champion", "root": root}
     # set_registry_uri also exports MLFLOW_REGISTRY_URI, which every later subprocess (a flow run) would inherit.

@@ -97,6 +97,28 @@ def test_two_local_nodes_one_process_each_all_reduce_over_gloo(tmp_path):
     assert all(r["world_size"] == 2 and r["all_reduce_sum"] == 3.0 for r in ranks)
     ports = {r["master_port"] for r in ranks}
     assert len(ports) == 1 and ports != {int(torchrun_compat.DEFAULT_MASTER_PORT)}
+    # The rendezvous store (in node 0's launcher) and every gloo socket listen on 127.0.0.1 only.
+    listening = [s for r in ranks for s in r["listening"]]
+    assert {"address": "127.0.0.1", "port": ports.pop()} in [
+        {k: s[k] for k in ("address", "port")} for s in listening
+    ]
+    assert {s["address"] for s in listening} == {"127.0.0.1"}, listening
+
+
+def test_torchrun_command_uses_the_loopback_launcher_for_local_runs_only():
+    base = {"nnodes": 2, "master_addr": "127.0.0.1", "master_port": 23456, "node_rank": 0}
+    local = torchrun_compat.torchrun_command(base, {"module": ""}, "steps.train", ["--config", "c.json"], 1)
+    assert local[1:3] == ["-m", "flows.torchrun_loopback"]
+    assert local[3:] == ["--nnodes", "2", "--master_addr", "127.0.0.1", "--master_port", "23456", "--node_rank",
+                         "0", "--module", "--nproc_per_node", "1", "--rdzv_endpoint", "127.0.0.1:23456",
+                         "steps.train", "--config", "c.json"]  # fmt: skip
+    remote = torchrun_compat.torchrun_command({**base, "master_addr": "10.0.3.7"}, {}, "x.py", [], 8)
+    assert remote[1:3] == ["-m", "torch.distributed.run"] and "10.0.3.7:23456" in remote
+    assert torchrun_compat.loopback_environment("10.0.3.7") == {}
+    assert set(torchrun_compat.loopback_environment("127.0.0.1")) == {
+        "GLOO_SOCKET_IFNAME",
+        "NCCL_SOCKET_IFNAME",
+    }
 
 
 @pytest.mark.slow

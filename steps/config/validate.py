@@ -352,6 +352,10 @@ def validate_run_inputs(
         where = "the demo dataset" if kind == "demo" else dataset
         check_eval_episodes(eval_episodes, (info or {}).get("total_episodes"), where)
     uri = tracking.resolve_tracking_uri(tracking_uri)
+    try:
+        tracking.check_no_credentials(uri)  # before anything prints or stores the URI
+    except tracking.TrackingError as exc:
+        raise InputError(f"MLFLOW_TRACKING_URI: {exc}") from None
     if remote and not uri.startswith(("http://", "https://", "databricks")):
         raise InputError(
             f"MLFLOW_TRACKING_URI: {uri} is a file on one machine; remote runs need a tracking server "
@@ -363,7 +367,12 @@ def validate_run_inputs(
         except tracking.TrackingError as exc:
             raise InputError(f"MLFLOW_TRACKING_URI: {exc}") from None
 
+    from steps.registry.register import check_model_name
+
     try:
+        check_model_name(
+            model_name or ct.name, "--model_name" if model_name else "--model_name (the config type's name)"
+        )
         check_train_options(train_options)
         check_train_option_types(train_options or {})
         if not is_text:

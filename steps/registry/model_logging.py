@@ -113,13 +113,16 @@ def policy_signature(config_type):
 
 
 def log_policy_model(
-    export_dir: str | Path,
-    *,
-    name: str = "policy",
-    run_id: str | None = None,
-    tracking_uri: str | None = None,
+    export_dir: str | Path, *, run_id: str, tracking_uri: str, name: str = "policy", step: int = 0
 ):
-    """Log ``export_dir`` as a pyfunc under the active (or given) MLflow run; returns MLflow's ModelInfo.
+    """Log ``export_dir`` as a pyfunc model of the MLflow run ``run_id``; returns MLflow's ModelInfo.
+
+    MLflow 3 keeps a logged model as its own entity (``models:/m-<id>``) linked to the run that made it.
+    The model is created first (``create_logged_model``, source run = ``run_id``), the pyfunc is logged into
+    it (``log_model(model_id=...)``) and the run records it as an output at ``step``: the same links
+    ``mlflow.start_run`` + ``log_model`` make, without an active run whose end would mark the flow's run
+    FINISHED before ``register`` has finished. The version registered from it must name that model id
+    (``register.register_model``): a tracking server refuses a ``models:/m-...`` source without it.
 
     Nothing here loads the model: the signature comes from the export's config type, and no
     ``input_example`` is passed, because MLflow would then load the logged model (torch, weights) and
@@ -128,16 +131,22 @@ def log_policy_model(
     model by alias and predict (``tests/test_pyfunc.py``, and the demo flow's end-to-end test).
     """
     import mlflow
+    from mlflow.entities import LoggedModelOutput
 
     from data_adapters.config_types import ConfigType
+    from steps.registry import tracking
 
-    if tracking_uri is not None:
-        mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)  # log_model's artifact upload resolves the global URI
+    client = tracking.client_for(tracking_uri)
     export_dir = Path(export_dir)
     config_type = ConfigType.from_dict(json.loads((export_dir / "config_type.json").read_text()))
+    run = client.get_run(run_id)
+    model = client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id,
+                                       params=dict(run.data.params))  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="vla-sft-code-") as code_dir:
         kwargs = dict(
             name=name,
+            model_id=model.model_id,
             python_model=str(PYFUNC_FILE),
             artifacts={"export": str(export_dir)},
             code_paths=_stage_code(Path(code_dir)),
@@ -151,12 +160,9 @@ def log_policy_model(
             warnings.filterwarnings(
                 "ignore", message=".*input example was not provided", category=UserWarning
             )
-            if run_id is not None and (
-                mlflow.active_run() is None or mlflow.active_run().info.run_id != run_id
-            ):
-                with mlflow.start_run(run_id=run_id):
-                    return mlflow.pyfunc.log_model(**kwargs)
-            return mlflow.pyfunc.log_model(**kwargs)
+            info = mlflow.pyfunc.log_model(**kwargs)
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
+    return info
 
 
 # What the pyfunc imports when it loads and predicts (steps.policy, model_zoo, data_adapters).

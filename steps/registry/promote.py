@@ -24,7 +24,7 @@ import textwrap
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from steps.registry.register import METRIC_TAG_PREFIX
+from steps.registry.register import METRIC_TAG_PREFIX, name_filter
 
 _OPS = {
     "<=": operator.le,
@@ -115,7 +115,7 @@ def _get_version(client, name: str, version: str):
     try:
         return client.get_model_version(name, str(version))
     except MlflowException as err:
-        known = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        known = sorted(int(v.version) for v in client.search_model_versions(name_filter(name)))
         raise PromotionError(
             f"model {name!r} has no version {version} (versions: {', '.join(map(str, known)) or 'none'})"
         ) from err
@@ -258,7 +258,7 @@ def list_versions(
     by_version: dict[str, list[str]] = {}
     for alias, ver in (model.aliases or {}).items():
         by_version.setdefault(str(ver), []).append(alias)
-    versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    versions = sorted(client.search_model_versions(name_filter(name)), key=lambda v: int(v.version))
     all_metrics = {v.version: version_metrics(client, v) for v in versions}
     present = {k for m in all_metrics.values() for k in m}
     keys = list(metrics) or [k for k in KEY_METRICS if k in present]

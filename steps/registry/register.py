@@ -11,7 +11,12 @@ Idempotent: a version of this model name that belongs to the same MLflow run and
 ``register`` (or a retried task) never makes a second version.
 
 Uses ``MlflowClient().create_model_version`` (``mlflow.register_model`` on a plain folder fails and
-leaves an empty registered model behind). ``mlflow`` is imported lazily.
+leaves an empty registered model behind). A version made from an MLflow 3 logged model (``models:/m-<id>``)
+names that model's id (``model_id``), as ``mlflow.register_model`` does: a tracking server checks that the
+source belongs to the model it names and refuses it otherwise (sqlite stores do not check).
+
+Names: ``check_model_name`` applies MLflow's rules in ``start``; versions are found by run id (a hex id),
+never by a name spelled inside a filter string. ``mlflow`` is imported lazily.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steps.registry.tracking import LINEAGE_TAG, configure_mlflow_env
+from steps.registry.tracking import LINEAGE_TAG, client_for, configure_mlflow_env
 
 MODEL_ARTIFACT_PATH = "model"
 DEFAULT_ALIAS = "candidate"
@@ -105,10 +110,52 @@ def upload_model_folder(client, run_id: str, folder: str | os.PathLike) -> str:
 
 
 def find_version(client, name: str, run_id: str, lineage_id: str):
-    """The (first) version of ``name`` created from ``run_id`` with this lineage, or None."""
-    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    mine = [v for v in versions if (v.tags or {}).get(LINEAGE_TAG) == lineage_id]
+    """The (first) version of ``name`` created from ``run_id`` with this lineage, or None.
+
+    Searched by run id only and matched by name here: a name with a quote would break the filter string.
+    """
+    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    mine = [v for v in versions if v.name == name and (v.tags or {}).get(LINEAGE_TAG) == lineage_id]
     return min(mine, key=lambda v: int(v.version)) if mine else None
+
+
+MAX_MODEL_NAME_LENGTH = 256  # the registered_models.name column of MLflow's SQL stores
+
+
+def check_model_name(name: str, option: str = "--model_name") -> None:
+    """Raise ValueError (one line) for a registered-model name MLflow would refuse, or one that no
+    search filter can spell (both quote characters).
+
+    MLflow's rules (``mlflow.utils.validation._validate_model_name``, 3.17): not empty, no ``/`` or ``:``
+    (they separate the parts of ``models:/<name>/<version>``), and not a path that normalizes to
+    something else (``.``, ``..``).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{option}: must not be empty")
+    bad = sorted({c for c in name if c in "/:"})
+    if bad:
+        raise ValueError(f"{option}: {name!r} contains {' and '.join(repr(c) for c in bad)}, which MLflow "
+                         "does not allow in registered-model names (models:/<name>/<version> URIs)")  # fmt: skip
+    if name in (".", "..") or name != name.strip():
+        raise ValueError(f"{option}: {name!r} is not a valid MLflow model name (no leading or trailing "
+                         "spaces, not '.' or '..')")  # fmt: skip
+    if len(name) > MAX_MODEL_NAME_LENGTH:
+        raise ValueError(f"{option}: longer than {MAX_MODEL_NAME_LENGTH} characters ({len(name)})")
+    if any(ord(c) < 32 for c in name):
+        raise ValueError(f"{option}: {name!r} contains a control character")
+    if "'" in name and '"' in name:
+        raise ValueError(f"{option}: {name!r} contains both ' and \"; MLflow's search filters cannot "
+                         "spell such a name (one kind of quote is fine)")  # fmt: skip
+
+
+def name_filter(name: str) -> str:
+    """``name = '...'`` for MLflow's search filters, which have no escape character: a name holding a
+    single quote is written in double quotes (MLflow's parser accepts either)."""
+    if "'" not in name:
+        return f"name = '{name}'"
+    if '"' not in name:
+        return f'name = "{name}"'
+    raise ValueError(f"model name {name!r} contains both quote characters; no MLflow filter can spell it")
 
 
 def _ensure_registered_model(client, name: str, description: str | None) -> None:
@@ -134,22 +181,22 @@ def register_model(
     metrics: Mapping[str, float] | None = None,
     alias: str | None = DEFAULT_ALIAS,
     description: str | None = None,
-    log_model: Callable[[], str] | None = None,
+    log_model: Callable[[], tuple[str, str | None]] | None = None,
 ) -> RegisteredVersion:
     """Create (or find) the model version of this training run and point ``alias`` at it.
 
-    ``log_model``, when given, logs the model (e.g. as an MLflow pyfunc) and returns its URI, used as
-    the version's source instead of the plain uploaded folder; it is only called when no version of
-    this run exists yet, so a rerun logs nothing twice.
+    ``log_model``, when given, logs the model (e.g. as an MLflow pyfunc) and returns its
+    ``(model URI, logged model id)``, used as the version's source instead of the plain uploaded folder;
+    it is only called when no version of this run exists yet, so a rerun logs nothing twice.
     """
-    from mlflow.tracking import MlflowClient
 
     if not Path(model_dir).is_dir():
         raise ValueError(f"model_dir: {model_dir} is not a folder (was training exported?)")
     if tags.get(LINEAGE_TAG, lineage_id) != lineage_id:
         raise ValueError(f"tags: {LINEAGE_TAG} is {tags[LINEAGE_TAG]!r} but lineage_id is {lineage_id!r}")
+    check_model_name(name)
     configure_mlflow_env()
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = client_for(tracking_uri)
     all_tags = {**tags, LINEAGE_TAG: lineage_id, **metric_tags(metrics or {})}
     _ensure_registered_model(client, name, description)
     existing = find_version(client, name, run_id, lineage_id)
@@ -160,10 +207,13 @@ def register_model(
                 client.set_model_version_tag(name, existing.version, key, value)
         version, source, created = str(existing.version), existing.source, False
     else:
-        source = log_model() if log_model is not None else upload_model_folder(client, run_id, model_dir)
-        mv = client.create_model_version(
-            name, source=source, run_id=run_id, tags=all_tags, description=description
-        )
+        model_id = None
+        if log_model is not None:
+            source, model_id = log_model()
+        else:
+            source = upload_model_folder(client, run_id, model_dir)
+        mv = client.create_model_version(name, source=source, run_id=run_id, model_id=model_id, tags=all_tags,
+                                         description=description)  # fmt: skip
         version, created = str(mv.version), True
     if alias:
         client.set_registered_model_alias(name, alias, version)

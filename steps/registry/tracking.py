@@ -21,6 +21,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from steps.errors import UserError
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 LINEAGE_TAG = "vla_sft.lineage_id"
 PATHSPEC_TAG = "metaflow.pathspec"
@@ -30,6 +32,10 @@ REACHABILITY_TIMEOUT_S = 5.0
 
 class TrackingError(RuntimeError):
     """The MLflow tracking server or database cannot be used (one-line message)."""
+
+
+class TrackingCredentialsError(UserError):
+    """The tracking server refused the credentials (none, or wrong): a configuration error, never retried."""
 
 
 def configure_mlflow_env(timeout_s: int = 30) -> None:
@@ -57,6 +63,32 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
+CREDENTIAL_VARIABLES = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+
+
+def redact(uri: str) -> str:
+    """``uri`` with any user info replaced by ``[credentials]`` (safe to print; Metaflow's console would
+    read ``*...*`` as bold markup)."""
+    parsed = urllib.parse.urlsplit(uri)
+    if "@" not in parsed.netloc:
+        return uri
+    return urllib.parse.urlunsplit(parsed._replace(netloc="[credentials]@" + parsed.netloc.rsplit("@", 1)[1]))
+
+
+def check_no_credentials(uri: str) -> None:
+    """Refuse a tracking URI with user info (``http://user:password@host``).
+
+    The URI is a run parameter of sorts: it is printed, stored as an artifact, passed to every training
+    process and written into deployed specs, so a password inside it would end up in all of them. MLflow
+    reads credentials from the environment instead, which nothing here records.
+    """
+    if "@" in urllib.parse.urlsplit(uri).netloc:
+        raise TrackingError(
+            f"{redact(uri)} carries credentials in the URI, which would reach logs and stored artifacts; "
+            f"use the URI without them and set {CREDENTIAL_VARIABLES}"
+        )
+
+
 def sqlite_db_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, or None for other schemes."""
     if uri.startswith("sqlite:///"):
@@ -74,6 +106,29 @@ def default_artifact_location(uri: str, experiment_name: str) -> str | None:
         return None
     folder = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment_name)
     return (db.parent / "mlruns" / folder).resolve().as_uri()
+
+
+_OPENED: set[str] = set()  # sqlite URIs whose store this process has opened (tables exist)
+
+
+def client_for(uri: str):
+    """An ``MlflowClient`` for ``uri``. The first time a process opens a sqlite database it does so under
+    an exclusive lock on ``<db>.lock``: MLflow creates and migrates a new database's tables (alembic) when
+    it first opens it, and two processes doing that at once break each other (``Online migration expected
+    to match one row``, ``table ... already exists``). The second waits, then finds the tables made."""
+    from mlflow.tracking import MlflowClient
+
+    db = sqlite_db_path(uri)
+    if db is None or uri in _OPENED:
+        return MlflowClient(tracking_uri=uri)
+    import fcntl
+
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        client = MlflowClient(tracking_uri=uri)  # opens the tracking store: creates / migrates the tables
+        client.search_registered_models(max_results=1)  # and the registry store (same database)
+    _OPENED.add(uri)
+    return client
 
 
 def check_reachable(uri: str, timeout_s: float = REACHABILITY_TIMEOUT_S) -> None:
@@ -174,10 +229,8 @@ def get_or_create_run(
     tags: Mapping[str, str] | None = None,
 ) -> tuple[str, bool]:
     """Return ``(mlflow_run_id, created)`` for the lineage, reusing an existing run on resume."""
-    from mlflow.tracking import MlflowClient
-
     configure_mlflow_env()
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     experiment_id = get_or_create_experiment(client, uri, experiment_name)
     existing = find_run_by_lineage(client, experiment_id, lineage_id)
     all_tags = {LINEAGE_TAG: lineage_id, **dict(tags or {})}
@@ -199,24 +252,31 @@ def start_run_tracking(
 
     ``run_config``: the run's ``steps.config.run_config.RunConfig``.
     """
-    run_id, _ = get_or_create_run(
-        run_config.tracking_uri, run_config.experiment, lineage_id, run_name=run_name,
-        tags={PATHSPEC_TAG: pathspec, METAFLOW_RUN_TAG: metaflow_run_id, "config_type": run_config.config_type.name,
-              "git_commit": git_commit or "unknown"},
-    )  # fmt: skip
-    log_params(run_config.tracking_uri, run_id, run_config.flat_params())
-    from mlflow.tracking import MlflowClient
+    from mlflow.exceptions import MlflowException
 
+    uri = run_config.tracking_uri
+    try:
+        run_id, _ = get_or_create_run(
+            uri, run_config.experiment, lineage_id, run_name=run_name,
+            tags={PATHSPEC_TAG: pathspec, METAFLOW_RUN_TAG: metaflow_run_id, "config_type": run_config.config_type.name,
+                  "git_commit": git_commit or "unknown"},
+        )  # fmt: skip
+        log_params(uri, run_id, run_config.flat_params())
+    except MlflowException as exc:
+        if exc.get_http_status_code() in (401, 403):
+            raise TrackingCredentialsError(
+                f"MLFLOW_TRACKING_URI: the tracking server at {uri} refused the request "
+                f"(HTTP {exc.get_http_status_code()}): set {CREDENTIAL_VARIABLES} for it"
+            ) from None
+        raise
     from steps.registry.run_metadata import describe_run
 
-    describe_run(MlflowClient(tracking_uri=run_config.tracking_uri), run_id, git_commit=git_commit)
+    describe_run(client_for(uri), run_id, git_commit=git_commit)
     return run_id
 
 
 def set_tags(uri: str, run_id: str, tags: Mapping[str, object]) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     for key, value in tags.items():
         client.set_tag(run_id, key, str(value))
 
@@ -231,9 +291,8 @@ def log_params(uri: str, run_id: str, params: Mapping[str, object]) -> None:
     import sys
 
     from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     existing = client.get_run(run_id).data.params
     values = {key: _param_str(value) for key, value in params.items()}
     changed = sorted(k for k, v in values.items() if k in existing and existing[k] != v)
@@ -262,7 +321,6 @@ def log_metrics(
     import time
 
     from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
 
     now = int(time.time() * 1000)
     if isinstance(metrics, Mapping):
@@ -270,24 +328,20 @@ def log_metrics(
     else:
         items = [(k, float(v), int(s)) for k, v, s in metrics]
     entities = [Metric(key=k, value=v, timestamp=now, step=s) for k, v, s in items]
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     for start in range(0, len(entities), 1000):
         client.log_batch(run_id, metrics=entities[start : start + 1000])
 
 
 def logged_metric_steps(uri: str, run_id: str, key: str) -> set[int]:
     """Steps already logged for ``key`` (used to avoid duplicate points after a resume)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     return {m.step for m in client.get_metric_history(run_id, key)}
 
 
 def log_artifacts(uri: str, run_id: str, local_dir: str | os.PathLike, artifact_path: str | None = None):
     """Upload a folder's files under ``artifact_path`` of the run; returns the artifact URI."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     client.log_artifacts(run_id, str(local_dir), artifact_path)
     base = client.get_run(run_id).info.artifact_uri
     return f"{base}/{artifact_path}" if artifact_path else base
@@ -299,9 +353,7 @@ def log_files(uri: str, run_id: str, files: Mapping[str, str], artifact_path: st
     if not files:
         return
     configure_mlflow_env()
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     for name, path in files.items():
         if os.path.basename(name) != os.path.basename(path):
             raise ValueError(f"artifact name {name!r} must end with the file name of {path}")
@@ -330,6 +382,58 @@ def log_file_contents(
 
 
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    from mlflow.tracking import MlflowClient
+    client_for(uri).set_terminated(run_id, status=status)
 
-    MlflowClient(tracking_uri=uri).set_terminated(run_id, status=status)
+
+FAILED_STEP_TAG = "vla_sft.failed_step"
+INTERRUPTED_TAG = "vla_sft.interrupted_run"  # a Metaflow run of the lineage that ended without a word
+
+
+def mark_failed(uri: str, run_id: str, *, step: str, pathspec: str, timeout_s: int = 10) -> None:
+    """Mark the lineage's MLflow run FAILED, naming the failing step (``vla_sft.failed_step``) and task.
+
+    Called as a step fails for good; bounded (``timeout_s`` per call, no retries), since the tracking server
+    may be what failed. The next ``resume`` takes the run back (``claim_run``).
+    """
+    bounded = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    saved = {key: os.environ.get(key) for key in bounded}
+    os.environ.update(bounded)  # MLflow reads both at every request
+    try:
+        client = client_for(uri)
+        client.set_tag(run_id, FAILED_STEP_TAG, step)
+        client.set_tag(run_id, "vla_sft.failed_task", pathspec)
+        client.set_terminated(run_id, status="FAILED")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def claim_run(uri: str, run_id: str, *, pathspec: str) -> str | None:
+    """Make this Metaflow run (``<flow>/<run id>``) the owner of the lineage's MLflow run; return what the
+    previous owner left it as, or None when this run owns it already.
+
+    A resume is a new Metaflow run: its first step finds the run tagged with an earlier Metaflow run. FAILED:
+    that run's failing step said so. Still RUNNING: that run was killed outright (SIGKILL, a lost machine)
+    and could not; it is recorded as ``vla_sft.interrupted_run`` now. Either way the run is RUNNING again
+    until ``register`` finishes it.
+    """
+    configure_mlflow_env()
+    client = client_for(uri)
+    run = client.get_run(run_id)
+    previous = run.data.tags.get(PATHSPEC_TAG)
+    if previous == pathspec:
+        return None
+    if run.info.status == "RUNNING" and previous:
+        client.set_tag(run_id, INTERRUPTED_TAG, previous)
+    outcome = "killed" if run.info.status == "RUNNING" else run.info.status
+    client.set_tag(run_id, PATHSPEC_TAG, pathspec)
+    failed_step = run.data.tags.get(FAILED_STEP_TAG)
+    if failed_step:  # history: which step the resumed run had failed in; the run itself is live again
+        client.set_tag(run_id, "vla_sft.resumed_after", f"{failed_step} failed in {previous}")
+        client.delete_tag(run_id, FAILED_STEP_TAG)
+    if run.info.status != "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    return outcome

@@ -70,8 +70,13 @@ class VlaTask(RunTask):
         version = register.register_model(
             who.tracking_uri, name=self.rc.model_name, model_dir=export_dir, run_id=who.mlflow_run_id,
             lineage_id=who.lineage_id, tags=tags, metrics=metrics,
-            log_model=lambda: model_logging.log_policy_model(
-                export_dir, run_id=who.mlflow_run_id, tracking_uri=who.tracking_uri).model_uri,
+            log_model=lambda: _model_source(model_logging.log_policy_model(
+                export_dir, run_id=who.mlflow_run_id, tracking_uri=who.tracking_uri, step=final_step)),
         )  # fmt: skip
         register.close_run(who, metrics=metrics, files=files, final_step=final_step)
         return version.to_dict()
+
+
+def _model_source(info) -> tuple[str, str]:
+    """(source URI, logged model id) of a logged model, what its registered version must name."""
+    return info.model_uri, info.model_id

@@ -105,6 +105,9 @@ class TrainConfig:
     mlflow: bool = False  # joins $MLFLOW_RUN_ID when set, else starts a run in mlflow_experiment
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = "vla-sft"
+    # Seconds the end of training waits for an unreachable tracking server to take the metric points still
+    # queued (they are also kept in the last checkpoint); then training fails and `resume` sends them.
+    mlflow_wait_s: float = 300.0
     log_every: int = 10
     # Optional local JSON-lines file with every step's metrics (rank 0): benchmarks and tests read it.
     metrics_file: str | None = None
@@ -138,6 +141,9 @@ class TrainConfig:
             _one_of("schedule", self.schedule, ("cosine", "constant"))
         if self.peak_lr is not None and not (math.isfinite(self.peak_lr) and self.peak_lr > 0):
             raise ValueError(f"peak_lr: learning rate must be > 0, got {self.peak_lr!r}")
+        if not (isinstance(self.mlflow_wait_s, (int, float)) and math.isfinite(self.mlflow_wait_s)
+                and self.mlflow_wait_s >= 0):  # fmt: skip
+            raise ValueError(f"mlflow_wait_s: must be a number of seconds >= 0, got {self.mlflow_wait_s!r}")
         if self.end_lr is not None and not (math.isfinite(self.end_lr) and self.end_lr >= 0):
             raise ValueError(f"end_lr: must be >= 0, got {self.end_lr!r}")
         for name in ("global_batch", "micro_batch", "max_steps", "save_every", "keep_last", "log_every",

@@ -167,7 +167,15 @@ class TrainingJob:
         ]
 
     def read_result(self) -> dict:
-        return json.loads(Path(self.result_path).read_text())
+        """Rank 0's TrainResult; raises TrackingUnavailable (one line naming the URI) when training finished
+        but its last metrics did not reach the tracking server: retrying resumes from the last checkpoint
+        and sends them, without training again."""
+        result = json.loads(Path(self.result_path).read_text())
+        if result.get("tracking_error"):
+            from steps.train.tracking_queue import TrackingUnavailable
+
+            raise TrackingUnavailable(result["tracking_error"])
+        return result
 
     @contextlib.contextmanager
     def user_errors(self):

@@ -1,13 +1,15 @@
 """Rank-0 metrics: MLflow (optional) plus a console progress line with ETA.
 
-Interface: ``log_params(dict)``, ``log_metrics(dict, step)``, ``close(status)``. Every rank may call it;
-only rank 0 does anything. With tracking off, ``mlflow`` is never imported, so the training entry
-point runs on machines without it.
+Interface: ``log_params(dict)``, ``log_metrics(dict, step)``, ``unsent()``, ``close(status)``. Every rank
+may call it; only rank 0 does anything. With tracking off, ``mlflow`` is never imported, so the training
+entry point runs on machines without it.
 
-MLflow specifics: the flow creates the run and workers join it through
-``$MLFLOW_RUN_ID``; metrics are buffered and sent with one ``log_batch`` per flush (sqlite costs ~24 ms a
-call); after a resume, steps that the run already has are not logged again (the resumed run recomputes
-the same values, so nothing is lost and no duplicate points appear).
+MLflow specifics: the flow creates the run and workers join it through ``$MLFLOW_RUN_ID``. Params, metrics
+and system metrics (CPU, memory, disk, network, GPU every ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` s,
+default 10, at the current training step) go through ``steps.train.tracking_queue.TrackingQueue``: nothing
+here waits for the server, an outage only delays the points, and each point arrives once (after a resume,
+points the run already has are dropped, so the recomputed steps appear once). ``close`` waits at most
+``wait_s`` for the server to take what is queued.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Mapping
 
@@ -68,86 +71,133 @@ class MetricsLogger:
         tracking_uri: str | None = None,
         experiment: str = "vla-sft",
         run_id: str | None = None,
-        flush_every_s: float = 10.0,
         console: bool = True,
+        wait_s: float = 300.0,
+        system_metrics: bool = True,
     ) -> None:
         self.active = rank == 0
         self.tracking = tracking and self.active
         self.progress = ProgressLine(max_steps, start_step) if (console and self.active) else None
-        self.flush_every_s = flush_every_s
-        self._pending: list[tuple[str, float, int]] = []
-        self._last_flush = time.monotonic()
-        self._already_logged: dict[str, int] = {}
+        self.wait_s = wait_s
+        self.step = start_step
         self.run_id: str | None = None
         self.uri: str | None = None
         self._owns_run = False
-        self._system_monitor = None
+        self._queue = None
+        self._sampler = None
         if self.tracking:
-            self._start_mlflow(tracking_uri, experiment, run_id or os.environ.get("MLFLOW_RUN_ID"))
+            self._start_mlflow(
+                tracking_uri, experiment, run_id or os.environ.get("MLFLOW_RUN_ID"), system_metrics
+            )
 
-    def _start_mlflow(self, uri: str | None, experiment: str, run_id: str | None) -> None:
-        from mlflow.tracking import MlflowClient
-
+    def _start_mlflow(
+        self, uri: str | None, experiment: str, run_id: str | None, system_metrics: bool
+    ) -> None:
         from steps.registry import tracking
+        from steps.train.tracking_queue import TrackingQueue
 
         tracking.configure_mlflow_env()
         self.uri = tracking.resolve_tracking_uri(uri)
-        client = MlflowClient(tracking_uri=self.uri)
-        if run_id is None:
+        if run_id is None:  # standalone training (no flow): a run of its own, created now
+            client = tracking.client_for(self.uri)
             exp_id = tracking.get_or_create_experiment(client, self.uri, experiment)
             run_id = client.create_run(exp_id).info.run_id
             self._owns_run = True
         self.run_id = run_id
-        try:  # CPU / memory / GPU utilisation every 10 s in a daemon thread (needs psutil)
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-            self._system_monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=self.uri)
-            self._system_monitor.start()
-        except Exception as exc:  # system metrics are a nice-to-have, never a reason to stop training
-            print(f"system metrics disabled: {exc}", file=sys.stderr)
-            self._system_monitor = None
-        # Last step of each metric already in the run: a resumed job skips those points.
-        for key in client.get_run(run_id).data.metrics:
-            history = client.get_metric_history(run_id, key)
-            if history:
-                self._already_logged[key] = max(m.step for m in history)
+        self._queue = TrackingQueue(self.uri, run_id)
+        if system_metrics:
+            self._sampler = SystemSampler(self._queue, lambda: self.step)
 
     def log_params(self, params: Mapping[str, object]) -> None:
         if self.tracking:
-            from steps.registry import tracking
+            self._queue.put_params(params)
 
-            tracking.log_params(self.uri, self.run_id, params)
+    def requeue(self, points) -> None:
+        """Queue points a previous process did not get acknowledged (from its checkpoint), before new ones."""
+        if self.tracking and points:
+            self._queue.put_metrics([(k, v, s) for k, v, s in points])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int, *, console: bool = True) -> None:
         if not self.active:
             return
+        self.step = step
         if console and self.progress is not None:
             self.progress(step, metrics)
         if not self.tracking:
             return
-        for key, value in metrics.items():
-            if step > self._already_logged.get(key, -1) and math.isfinite(float(value)):
-                self._pending.append((key, float(value), step))
-        if time.monotonic() - self._last_flush >= self.flush_every_s:
-            self.flush()
+        self._queue.put_metrics([(k, float(v), step) for k, v in metrics.items() if math.isfinite(float(v))])
 
-    def flush(self) -> None:
-        if self.tracking and self._pending:
-            from steps.registry import tracking
+    def wait_sent(self, timeout_s: float) -> bool:
+        """Wait until the server acknowledged everything queued (True) or ``timeout_s`` passed (False)."""
+        return self._queue.wait_empty(timeout_s) if self._queue is not None else True
 
-            tracking.log_metrics(self.uri, self.run_id, self._pending)
-            self._pending = []
-        self._last_flush = time.monotonic()
+    def unsent(self) -> list[tuple[str, float, int]]:
+        """Metric points the server has not acknowledged yet (a checkpoint keeps them for a resume)."""
+        return self._queue.unsent() if self._queue is not None else []
 
     def close(self, status: str = "FINISHED") -> None:
-        """Flush; end the run only when this logger created it (a joined run belongs to the flow)."""
+        """Send what is queued (at most ``wait_s`` s; then TrackingUnavailable); end the run only when this
+        logger created it (a joined run belongs to the flow)."""
         if not self.tracking:
             return
-        self.flush()
         self.tracking = False  # idempotent: a second close (cleanup after an error) does nothing
-        if self._system_monitor is not None:
-            self._system_monitor.finish()
+        if self._sampler is not None:
+            self._sampler.stop()
+        # After a failure the points are in the last checkpoint anyway: don't hold the error up for long.
+        self._queue.close(self.wait_s if status == "FINISHED" else min(self.wait_s, 10.0))
         if self._owns_run:
             from steps.registry import tracking
 
             tracking.finish_run(self.uri, self.run_id, status)
+
+
+class SystemSampler:
+    """System metrics (MLflow's own CPU, disk, network and GPU monitors) every few seconds, queued like any
+    other point at the current training step: an outage delays them, and MLflow's monitor thread, which
+    stops for good at the first failed call, is not used."""
+
+    def __init__(self, queue, current_step, interval_s: float | None = None) -> None:
+        self.queue, self.current_step = queue, current_step
+        self.interval_s = interval_s or float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 10)
+        self._stop = threading.Event()
+        self.monitors = _system_monitors()
+        self._thread = threading.Thread(target=self._run, name="system-metrics", daemon=True)
+        if self.monitors:
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                values: dict[str, float] = {}
+                for monitor in self.monitors:
+                    monitor.collect_metrics()
+                    values.update(monitor.aggregate_metrics())
+                    monitor.clear_metrics()
+            except Exception as exc:  # a monitor that breaks ends system metrics, never training
+                print(f"system metrics stopped: {exc}", file=sys.stderr)
+                return
+            step = self.current_step()
+            self.queue.put_metrics([(f"system/{k}", v, step) for k, v in values.items()])
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+
+def _system_monitors() -> list:
+    try:
+        from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+        from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
+        from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
+    except Exception as exc:  # needs psutil
+        print(f"system metrics disabled: {exc}", file=sys.stderr)
+        return []
+    monitors = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
+    try:
+        from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+
+        monitors.append(GPUMonitor())  # needs an NVIDIA driver (pynvml); absent on CPU machines
+    except Exception:  # noqa: BLE001 - no GPU monitor on this machine
+        pass
+    return monitors

@@ -68,6 +68,9 @@ class TrainResult:
     samples_per_s: float = float("nan")
     data_wait_frac: float = float("nan")
     mlflow_run_id: str | None = None
+    # Set when training finished but the tracking server did not take the last metric points in time
+    # (they are in the last checkpoint; a resumed run sends them without training again).
+    tracking_error: str | None = None
 
     @property
     def final_loss(self) -> float | None:
@@ -157,6 +160,7 @@ class Trainer:
         # 6. Training state (restored from the checkpoint when resuming).
         self.step = 0
         self.samples_seen = 0
+        unsent: list = []  # metric points the checkpoint's process had not got acknowledged
         self.best_val_loss: float | None = None
         self.best_step: int | None = None
         self.nonfinite_in_a_row = 0
@@ -170,6 +174,7 @@ class Trainer:
             self.best_val_loss = state.get("best_val_loss")
             self.best_step = state.get("best_step")
             self.skipped_steps = state.get("skipped_steps", 0)
+            unsent = state.get("unsent_metrics", [])
             if self.ctx.is_main:
                 print(f"resumed from {self.store.uri}/{ckpt.step_dir_name(self.step)} "
                       f"({self.samples_seen} samples seen)", file=sys.stderr)  # fmt: skip
@@ -190,7 +195,8 @@ class Trainer:
 
         self.logger = MetricsLogger(rank=self.ctx.rank, tracking=cfg.mlflow, max_steps=cfg.max_steps,
                                     start_step=self.step, tracking_uri=cfg.mlflow_tracking_uri,
-                                    experiment=cfg.mlflow_experiment)  # fmt: skip
+                                    experiment=cfg.mlflow_experiment, wait_s=cfg.mlflow_wait_s)  # fmt: skip
+        self.logger.requeue(unsent)  # before this process's own points, so each key stays in step order
         self.logger.log_params({**cfg.flat_params(), "world_size": self.ctx.world_size,
                                 "grad_accum_steps": self.accum,
                                 "trainable_params": sum(p.numel() for p in trainable)})  # fmt: skip
@@ -317,15 +323,15 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "seed": cfg.seed,
             "global_batch": cfg.global_batch,
+            # Points (all at steps <= this one) the tracking server has not acknowledged yet: a resumed
+            # process sends them, so a crash during a tracking outage loses none.
+            "unsent_metrics": self.logger.unsent(),
         }
         ckpt.save_training_checkpoint(self.ctx, self.store, self.step, model=self.model, optimizer=self.optimizer,
                                       scheduler=self.scheduler, ema=self.ema, trainer_state=state,
                                       config_json=cfg.to_json(), norm_stats_path=cfg.norm_stats_path,
                                       fsdp=self.fsdp, hook=hook)  # fmt: skip
         self.last_checkpoint_step = self.step
-        # Metrics are buffered; send them with every checkpoint, so that after a crash the tracked history
-        # reaches the step a resumed run restarts from (it logs only the steps after it).
-        self.logger.flush()
         if self.ctx.is_main:
             ckpt.prune(self.store, cfg.keep_last)
         D.barrier(self.ctx)
@@ -401,7 +407,6 @@ class Trainer:
                 self.save(val_loss)
                 if cfg.fail_after_step == self.step:
                     _kill_self()
-        self.logger.flush()
         result.final_step = self.step
         result.last_checkpoint_step = self.last_checkpoint_step
         result.best_step, result.best_val_loss = self.best_step, self.best_val_loss
@@ -487,27 +492,45 @@ class Trainer:
 
     def cleanup(self, failed: bool = False) -> None:
         from steps.train import distributed as D
+        from steps.train.tracking_queue import TrackingUnavailable
 
-        if getattr(self, "metrics_file", None) is not None:
-            self.metrics_file.close()
-        if hasattr(self, "logger"):
-            self.logger.close(status="FAILED" if failed else "FINISHED")
-        if hasattr(self, "ctx"):
-            D.cleanup(self.ctx)
+        try:
+            if getattr(self, "metrics_file", None) is not None:
+                self.metrics_file.close()
+            if hasattr(self, "logger"):
+                self.logger.close(status="FAILED" if failed else "FINISHED")
+        except TrackingUnavailable as exc:
+            if not failed:
+                raise
+            print(exc, file=sys.stderr)  # the training error that is propagating matters more
+        finally:
+            if hasattr(self, "ctx"):
+                D.cleanup(self.ctx)
 
 
 def main(config: TrainConfig) -> TrainResult:
-    """Train (resuming from the latest complete checkpoint in ``config.checkpoint_dir``) and export."""
+    """Train (resuming from the latest complete checkpoint in ``config.checkpoint_dir``) and export.
+
+    A tracking server that did not take the last metrics in time (``TrackingUnavailable``) does not undo a
+    finished training: the result carries the error (``tracking_error``) and the caller decides.
+    """
+    from steps.train.tracking_queue import TrackingUnavailable
+
     trainer = Trainer(config)
-    failed = True
+    result, failed = None, True
     try:
         trainer.setup()
         result = trainer.train()
         trainer.export(result)
         failed = False
-        return result
     finally:
-        trainer.cleanup(failed=failed)
+        try:
+            trainer.cleanup(failed=failed)
+        except TrackingUnavailable as exc:
+            if failed:
+                raise
+            result.tracking_error = str(exc)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
