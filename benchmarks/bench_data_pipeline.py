@@ -1,4 +1,4 @@
-"""Data pipeline throughput: our LeRobot reader vs LeRobot 0.4.4's LeRobotDataset vs plain decoding.
+"""Data pipeline throughput: our LeRobot reader vs LeRobot 0.4.4's and 0.6.1's LeRobotDataset vs plain decoding.
 
 Writes two v3.0 datasets with our writer (LIBERO layout: cameras ``image`` and ``wrist_image`` at
 256x256, state 8, actions 7; one with PNG images in parquet, one with AV1 videos), then measures, in
@@ -8,18 +8,19 @@ fresh subprocesses and on the same shuffled frame order:
 - ``ours+transform``: the same plus `InputTransform` (pi0_libero: resize-with-pad to 224, normalize,
   tokenize, pad to 32) and `collate`;
 - ``lerobot``: `LeRobotDataset(delta_timestamps={"action": [k / fps for k in range(50)]},
-  video_backend="pyav")` through a DataLoader, run by the LeRobot venv's python (printing JSON);
+  video_backend="pyav")` through a DataLoader, once per LeRobot release (``--lerobot-versions``), each
+  run by its own venv's python (printing JSON);
 - ``floor``: decoding the same frames alone (Pillow on in-memory PNG bytes; PyAV seek + decode on
   open containers), one process.
 
 Reported: median steady-state frames/s over repeats (the first batch, which includes worker start-up,
 is excluded), construction time, and peak RSS of the main process and of the largest worker. The
-measurements run in ``--rounds`` rounds, each running every role once (ours, ours+transform, LeRobot
-back to back), and ratios are medians of the per-round ratios: a change in machine load between rounds
-then moves both sides of a ratio, not one.
+measurements run in ``--rounds`` rounds, each running every role once (ours, ours+transform, each
+LeRobot release back to back; the releases swap places every round), and ratios are medians of the
+per-round ratios: a change in machine load between rounds then moves both sides of a ratio, not one.
 
 Usage: ``python benchmarks/bench_data_pipeline.py [--episodes 24 --length 50 --samples 480]``
-(LeRobot venv: ``$VLA_SFT_LEROBOT_VENV`` or ``~/.cache/vla-sft/lerobot-venv``).
+(LeRobot venvs: see `benchmarks/lerobot_venv.py`; ``--lerobot-python 0.6.1=PATH`` overrides one).
 The script imports only the standard library at module level, so the LeRobot venv can run its half.
 """
 
@@ -223,13 +224,13 @@ def role_lerobot(args) -> dict:
         return torch.utils.data.DataLoader(dataset, batch_size=BATCH, sampler=order, num_workers=args.workers)
 
     rates = time_loader(make_loader, args.repeats, probe)
-    import lerobot
+    from importlib.metadata import version
 
     return {
         "fps": statistics.median(rates),
         "fps_runs": rates,
         "construction_s": construction,
-        "lerobot": getattr(lerobot, "__version__", "?"),
+        "lerobot": version("lerobot"),
         **probe.report(),
     }
 
@@ -333,7 +334,9 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=50)
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/vla_sft_bench_data"))
     parser.add_argument("--cache-dir", type=Path, default=None)
-    parser.add_argument("--lerobot-python", default=None)
+    parser.add_argument("--lerobot-versions", default="0.4.4,0.6.1", help="LeRobot releases to measure")
+    parser.add_argument("--lerobot-python", action="append", default=[], metavar="VERSION=PATH",
+                        help="python of the venv holding LeRobot VERSION (default: benchmarks/lerobot_venv.py)")  # fmt: skip
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -343,12 +346,9 @@ def main() -> None:
         print(json.dumps(runners[args.role]()))
         return
 
-    sys.path.insert(0, str(REPO))
-    from benchmarks.lerobot_venv import lerobot_python as find_lerobot_python
-
-    lerobot_python = find_lerobot_python(args.lerobot_python)
+    lerobot_pythons = find_lerobot_pythons(args.lerobot_versions, args.lerobot_python)
     cache_dir = args.cache_dir or args.out_dir / "image_cache"
-    results = {"load_avg_before": os.getloadavg(), "rows": []}
+    results = {"load_avg_before": os.getloadavg(), "lerobot_versions": list(lerobot_pythons), "rows": []}
     for storage in ("image", "video"):
         root = args.out_dir / f"libero_like_{storage}_{args.episodes}x{args.length}"
         if not (root / "meta/info.json").is_file():
@@ -359,20 +359,50 @@ def main() -> None:
             floor = run_role(sys.executable, "floor", root, 0, args.samples, args.repeats, cache_dir)
             results["rows"].append({"storage": storage, "role": "floor", "workers": 0, "round": rnd, **floor})
             print(f"[bench] {storage} round {rnd} floor: {floor}", flush=True)
+            # The releases swap places every round, so neither always runs right after ours.
+            versions = list(lerobot_pythons) if rnd % 2 == 0 else list(reversed(lerobot_pythons))
+            lerobot_samples = getattr(args, f"lerobot_{storage}_samples")
             for workers in (0, 2):
-                for role, python, samples in (
-                    ("ours", sys.executable, args.samples),
-                    ("ours_transform", sys.executable, args.samples),
-                    ("lerobot", lerobot_python, getattr(args, f"lerobot_{storage}_samples")),
+                for name, role, python, samples in (
+                    ("ours", "ours", sys.executable, args.samples),
+                    ("ours_transform", "ours_transform", sys.executable, args.samples),
+                    *((f"lerobot {v}", "lerobot", lerobot_pythons[v], lerobot_samples) for v in versions),
                 ):
                     out = run_role(python, role, root, workers, samples, args.repeats, cache_dir)
-                    results["rows"].append({"storage": storage, "role": role, "workers": workers, "round": rnd,
+                    if role == "lerobot" and "lerobot" in out and name != f"lerobot {out['lerobot']}":
+                        raise SystemExit(f"{python} runs LeRobot {out['lerobot']}, not {name}: wrong venv")
+                    results["rows"].append({"storage": storage, "role": name, "workers": workers, "round": rnd,
                                             **out})  # fmt: skip
-                    print(f"[bench] {storage} round {rnd} {role} workers={workers}: {out}", flush=True)
+                    print(f"[bench] {storage} round {rnd} {name} workers={workers}: {out}", flush=True)
     results["load_avg_after"] = os.getloadavg()
     print_table(results)
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2))
+
+
+def find_lerobot_pythons(versions: str, overrides: list[str]) -> dict[str, str]:
+    """LeRobot release -> its venv's python; one clear error when a venv is missing."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.lerobot_venv import lerobot_python
+
+    given = {}
+    for item in overrides:
+        version, sep, path = item.partition("=")
+        if not sep or not path:
+            raise SystemExit(f"--lerobot-python {item!r}: expected VERSION=PATH, e.g. 0.6.1=/venv/bin/python")
+        given[version] = path
+    pythons = {}
+    for version in [v.strip() for v in versions.split(",") if v.strip()]:
+        try:
+            pythons[version] = lerobot_python(given.get(version), version)
+        except ValueError as err:
+            raise SystemExit(f"--lerobot-versions: {err}") from None
+        if not Path(pythons[version]).is_file():
+            raise SystemExit(
+                f"--lerobot-versions: no python for LeRobot {version} at {pythons[version]} "
+                f"(build its venv as .ci/run does, or pass --lerobot-python {version}=PATH)"
+            )
+    return pythons
 
 
 def print_table(results: dict) -> None:
@@ -392,22 +422,31 @@ def print_table(results: dict) -> None:
         values = [ra[k] / rb[k] for k in ra if rb.get(k)]
         return statistics.median(values) if values else float("nan")
 
+    versions = results.get("lerobot_versions", [])
+    lerobot_heads = "".join(f" LeRobot {v} fps | ours / {v} |" for v in versions)
     print(
-        "\n| dataset | workers | ours fps | ours+transform fps | LeRobot fps | ours / LeRobot | floor fps | floor / ours |"
+        f"\n| dataset | workers | ours fps | ours+transform fps |{lerobot_heads} floor fps | floor / ours |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|" + "---|---|" * len(versions) + "---|---|")
     for storage in ("image", "video"):
         floor = fps(storage, "floor", 0)
         for workers in (0, 2):
-            ours, lerobot = (
-                fps(storage, "ours", workers),
-                fps(storage, "lerobot", workers),
+            lerobot_cells = "".join(
+                f" {fps(storage, f'lerobot {v}', workers):.1f} |"
+                f" {ratio(storage, 'ours', workers, f'lerobot {v}', workers):.1f}x |"
+                for v in versions
             )  # medians over rounds
             print(
-                f"| {storage} | {workers} | {ours:.0f} | {fps(storage, 'ours_transform', workers):.0f} | "
-                f"{lerobot:.1f} | {ratio(storage, 'ours', workers, 'lerobot', workers):.1f}x | {floor:.0f} | "
+                f"| {storage} | {workers} | {fps(storage, 'ours', workers):.0f} | "
+                f"{fps(storage, 'ours_transform', workers):.0f} |{lerobot_cells} {floor:.0f} | "
                 f"{ratio(storage, 'floor', 0, 'ours', workers):.2f}x |"
             )
+    if len(versions) == 2:
+        old, new = versions
+        print(f"\nLeRobot {new} / {old} (median of per-round ratios): " + ", ".join(
+            f"{storage} w{workers} {ratio(storage, f'lerobot {new}', workers, f'lerobot {old}', workers):.2f}x"
+            for storage in ("image", "video") for workers in (0, 2)
+        ))  # fmt: skip
     print(f"\nload average before {results['load_avg_before']}, after {results['load_avg_after']}")
 
 

@@ -28,6 +28,13 @@ PI05_CALVIN = ConfigType(
     normalization="quantile",
     dataset_id="InternRobotics/InternData-Calvin_ABC",
     dataset_revision=None,
+    # The client sends the state already concatenated (ee_pos, ee_rot, gripper: 7 values).
+    client_keys={
+        "video.image_base": "observation/image",
+        "video.image_wrist": "observation/wrist_image",
+        "state": "observation/state",
+        "task": "prompt",
+    },
 )
 
 CONFIG_TYPES = (PI05_CALVIN,)

@@ -28,10 +28,17 @@ WRIST_SLOTS: tuple[str, ...] = ("left_wrist_0_rgb", "right_wrist_0_rgb")
 MODEL_ACTION_DIM = 32
 MODEL_TYPES = ("pi0", "pi05")
 NORMALIZATIONS = ("zscore", "quantile")
-SIMULATORS = ("metaworld",)
+SIMULATORS = ("metaworld", "libero", "maniskill")  # closed-loop simulators (steps.sim.base.SIMULATORS)
 # Prompt budget per model type: pi0 sees only the task, pi0.5 may also see 32 state bins.
 DEFAULT_MAX_TOKEN_LEN = {"pi0": 48, "pi05": 200}
 DEFAULT_NORMALIZATION = {"pi0": "zscore", "pi05": "quantile"}
+# Policy inputs besides the cameras that a robot client sends (ConfigType.client_keys).
+CLIENT_INPUTS = ("state", "task")
+DEFAULT_CLIENT_IMAGE_KEYS = {
+    "base_0_rgb": "observation/image",
+    "left_wrist_0_rgb": "observation/wrist_image",
+    "right_wrist_0_rgb": "observation/right_wrist_image",
+}
 
 
 @dataclass(frozen=True)
@@ -65,11 +72,15 @@ class ConfigType(Validated):
     dataset_revision: str | None
     # Slots that get only colour jitter (no crop/rotate) under augmentation.
     wrist_slots: tuple[str, ...] = WRIST_SLOTS
-    # Simulator for closed-loop evaluation ("metaworld") or None.
+    # Simulator for closed-loop evaluation ("metaworld", "libero", "maniskill") or None.
     simulator: str | None = None
     train: TrainPreset = field(default_factory=TrainPreset)
     # Shown when no dataset is known (e.g. ManiSkill: no public dataset in RLinf's schema).
     dataset_hint: str | None = None
+    # Robot-client observation keys (steps/serve, openpi's websocket protocol): each dataset camera
+    # key, "state" (the concatenated state vector) and "task" (the prompt) -> the key the client
+    # sends. None: derived from the camera slots (see `client_observation_keys`).
+    client_keys: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.name, str) and self.name.strip()):
@@ -121,6 +132,26 @@ class ConfigType(Validated):
             f"None or one of {SIMULATORS}",
         )
         self._need("train", isinstance(self.train, TrainPreset), "a TrainPreset")
+        self._check_client_keys()
+
+    def _check_client_keys(self) -> None:
+        if self.client_keys is None:
+            return
+        inputs = sorted({*self.camera_keys, *CLIENT_INPUTS})
+        ok = isinstance(self.client_keys, Mapping) and sorted(self.client_keys) == inputs
+        self._need("client_keys", ok, f"a mapping with exactly the keys {inputs}")
+        values = list(self.client_keys.values())
+        ok = all(isinstance(v, str) and v for v in values) and len(set(values)) == len(values)
+        self._need("client_keys", ok, "a mapping to distinct non-empty client keys")
+        object.__setattr__(self, "client_keys", MappingProxyType(dict(self.client_keys)))
+
+    @property
+    def client_observation_keys(self) -> Mapping[str, str]:
+        """``client_keys``, or by default openpi's LIBERO names per camera slot plus state and prompt."""
+        if self.client_keys is not None:
+            return self.client_keys
+        keys = {k: DEFAULT_CLIENT_IMAGE_KEYS[slot] for slot in IMAGE_SLOTS for k in self.cameras[slot]}
+        return MappingProxyType({**keys, "state": "observation/state", "task": "prompt"})
 
     def _check_cameras(self) -> None:
         """Normalize cameras to a read-only {slot: () or (key,)} over all three slots."""
@@ -174,6 +205,7 @@ class ConfigType(Validated):
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["cameras"] = {slot: list(keys) for slot, keys in self.cameras.items()}
         out["train"] = dataclasses.asdict(self.train)
+        out["client_keys"] = None if self.client_keys is None else dict(self.client_keys)
         return out
 
 

@@ -43,6 +43,7 @@ TOP_LEVEL_FIELDS = (
     "wrist_slots",
     "simulator",
     "train",
+    "client_keys",
 )
 DATASET_FIELDS = ("id", "revision", "path")
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainPreset))
@@ -196,6 +197,13 @@ def config_from_dict(data: dict[str, Any], *, path: Path, builtins: Mapping[str,
             for slot, keys in data["cameras"].items()
         }
     fields["delta_mask"] = _delta_mask(data, fields, path)
+    if data.get("client_keys") is not None:
+        if not isinstance(data["client_keys"], dict):
+            raise ValueError(f"{path}: client_keys must map dataset camera key / state / task -> client key, "
+                             f"got {data['client_keys']!r}")  # fmt: skip
+        fields["client_keys"] = data["client_keys"]
+    elif "cameras" in data or "client_keys" in data:
+        fields["client_keys"] = None  # an inherited mapping names the base type's cameras: derive anew
     if "dataset" in data:
         fields["dataset_id"], fields["dataset_revision"] = _dataset_fields(data["dataset"], path)
         fields["dataset_hint"] = None

@@ -11,7 +11,8 @@ Cost and memory: the cache takes about as much disk as the image columns themsel
 compressed); LeRobot's own reader makes the same kind of copy through `datasets`. Nothing is loaded into
 process memory: pages of the mapping are file-backed, shared by all workers and reclaimable by the OS, so
 resident memory does not grow with the dataset. The cache file name is a hash of the dataset path, the
-selected episodes and the data files' sizes and modification times, so a changed dataset gets a new one.
+selected episodes and the data files' identities (``data_adapters.file_identity``: inode, size, mtime_ns,
+ctime_ns, parquet footer digest), so any write to a data file gets a new one.
 
 Each new split, dataset version or camera set adds a file, so the folder is kept under a size budget
 (``$VLA_SFT_IMAGE_CACHE_GB``, default 100): building or reusing a cache marks it used, then the least
@@ -39,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_adapters.cache_root import default_cache_root
+from data_adapters.file_identity import file_identity
 from data_adapters.lerobot_format import DatasetFormatError, DatasetMeta, EpisodeMeta
 
 _FORMAT_VERSION = 1
@@ -192,11 +194,10 @@ def _cache_key(meta: DatasetMeta, by_file: dict[str, list[EpisodeMeta]], keys: S
     files = {}
     for rel in by_file:
         try:
-            stat = (meta.root / rel).stat()
+            files[rel] = file_identity(meta.root / rel)
         except OSError as err:
             eps = [e.index for e in by_file[rel]]
-            raise DatasetFormatError(f"missing data file {meta.root / rel} (episodes {eps})") from err
-        files[rel] = [stat.st_size, stat.st_mtime_ns]
+            raise DatasetFormatError(f"missing data file {meta.root / rel} ({_episodes_text(eps)})") from err
     spec = {
         "format": _FORMAT_VERSION,
         "root": str(meta.root.resolve()),
@@ -230,7 +231,7 @@ def _write_cache(
 def _iter_episode_images(meta: DatasetMeta, rel: str, eps: list[EpisodeMeta], keys: Sequence[str]):
     """Yield, in row order, lists of large_binary arrays (one per key) for the episodes' rows."""
     file_path = meta.root / rel
-    names = ", ".join(str(e.index) for e in eps)
+    names = _episodes_text([e.index for e in eps])
     try:
         # Streamed reads (buffer_size) keep only a page or so per column in memory, not whole row groups.
         parquet = pq.ParquetFile(file_path, buffer_size=1 << 20, pre_buffer=False)
@@ -247,11 +248,11 @@ def _iter_episode_images(meta: DatasetMeta, rel: str, eps: list[EpisodeMeta], ke
                     ]
             offset = batch_stop
     except (OSError, pa.ArrowException) as err:
-        raise DatasetFormatError(f"corrupt parquet file {file_path} (episodes {names}): {err}") from err
+        raise DatasetFormatError(f"corrupt parquet file {file_path} ({names}): {err}") from err
     last = max(stop for _, stop, _ in wanted)
     if offset < last:
         raise DatasetFormatError(
-            f"data file {file_path} has {offset} rows but episodes {names} need {last} (truncated file?)"
+            f"data file {file_path} has {offset} rows but {names} need {last} (truncated file?)"
         )
 
 
@@ -280,3 +281,8 @@ def _image_bytes(
             )
         values.append(blob)
     return pa.array(values, type=pa.large_binary())
+
+
+def _episodes_text(indices: list[int]) -> str:
+    """``episode 4`` or ``episodes 1, 2, 3``, for messages."""
+    return f"episode {indices[0]}" if len(indices) == 1 else "episodes " + ", ".join(str(i) for i in indices)

@@ -13,6 +13,13 @@ from data_adapters import train_presets
 from data_adapters.config_types import ConfigType
 
 _CAMERAS = {"base_0_rgb": ("image",), "left_wrist_0_rgb": ("wrist_image",), "right_wrist_0_rgb": ()}
+# What openpi's LIBERO example client sends (examples/libero/main.py): images already uint8 HWC.
+_CLIENT_KEYS = {
+    "image": "observation/image",
+    "wrist_image": "observation/wrist_image",
+    "state": "observation/state",
+    "task": "prompt",
+}
 
 PI0_LIBERO = ConfigType(
     name="pi0_libero",
@@ -31,6 +38,9 @@ PI0_LIBERO = ConfigType(
     normalization="zscore",
     dataset_id="physical-intelligence/libero",
     dataset_revision=None,
+    client_keys=_CLIENT_KEYS,
+    # Closed-loop evaluation in LIBERO itself (steps.sim.libero: openpi's LIBERO conventions).
+    simulator="libero",
 )
 
 # openpi's own pi05_libero recipe (train_presets.PI05_LIBERO). Robot state stays out of the prompt

@@ -1,8 +1,13 @@
 """ManiSkill config types, in the schema RLinf's SFT recipe expects.
 
 No public dataset has this schema: RLinf expects a locally converted dataset (its placeholder id
-physical-intelligence/maniskill does not exist), so `dataset_id` is None and the user passes one.
+physical-intelligence/maniskill does not exist), so `dataset_id` is None and the user passes one, or
+generates one: `--dataset maniskill://tasks=PickCube-v1&episodes=50` (motion-planned demonstrations,
+steps.sim.maniskill.demonstrations, whose docstring gives each state and action dim's meaning).
 Public RLinf ManiSkill sets use another schema and go through a custom YAML instead.
+
+Closed-loop evaluation runs ManiSkill3 (`simulator: maniskill`) in the dataset's control mode
+(pd_ee_delta_pose), on the dataset's tasks (else PickCube-v1).
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from data_adapters.config_types import ConfigType
 
 MANISKILL_DATASET_HINT = (
     "No public ManiSkill dataset exists in RLinf's schema (observation.images.top, observation.state[7], "
-    "actions[7]); convert your own and pass it. Public RLinf ManiSkill sets such as "
+    "actions[7]); generate one with --dataset 'maniskill://tasks=PickCube-v1&episodes=50' (motion-planned "
+    "demonstrations) or convert your own and pass it. Public RLinf ManiSkill sets such as "
     "RLinf/rlt-maniskill-PegInsertionSide-v1-400-succ (image, wrist_image, state[9], actions[8]) have "
     "another schema: use a custom YAML config type instead (see data_adapters/examples/my_robot.yaml "
     "and `python -m data_adapters.inspect_dataset PATH`)."
@@ -35,6 +41,12 @@ PI0_MANISKILL = ConfigType(
     dataset_id=None,
     dataset_revision=None,
     dataset_hint=MANISKILL_DATASET_HINT,
+    client_keys={
+        "observation.images.top": "observation/image",
+        "state": "observation/state",
+        "task": "prompt",
+    },
+    simulator="maniskill",
 )
 
 PI05_MANISKILL = dataclasses.replace(

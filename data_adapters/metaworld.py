@@ -25,6 +25,8 @@ PI05_METAWORLD = ConfigType(
     dataset_id="lerobot/metaworld_mt50",
     dataset_revision=None,
     simulator="metaworld",
+    # openpi has no Meta-World client; its LIBERO names are used for the one camera.
+    client_keys={"observation.image": "observation/image", "state": "observation/state", "task": "prompt"},
 )
 
 CONFIG_TYPES = (PI05_METAWORLD,)

@@ -65,7 +65,8 @@ def render_train_card(card, *, title: str, result: Mapping | None, history: Sequ
 def render_eval_card(card, *, title: str, metrics: Mapping[str, float], episodes: Sequence[int],
                      seconds: float, mlflow_run_id: str | None,
                      images: Mapping[str, str] | None = None) -> None:  # fmt: skip
-    """Headline metrics, success rates, the full metric table and the evaluation's PNG images."""
+    """Headline metrics, success rates, the full metric table, the evaluation's PNG plots and the rollout
+    videos (GIFs: a person can watch what the policy did)."""
     from pathlib import Path
 
     from metaflow.cards import Image, Markdown
@@ -82,7 +83,7 @@ def render_eval_card(card, *, title: str, metrics: Mapping[str, float], episodes
     if sim:
         _table(card, [(k, _fmt(metrics[k])) for k in sim], ["closed-loop", "value"])
     for name, path in sorted((images or {}).items()):
-        if name.endswith(".png") and Path(path).is_file():
+        if name.endswith((".png", ".gif")) and Path(path).is_file():
             card.append(Markdown(f"### {name}"))
             card.append(Image(Path(path).read_bytes(), label=name))
     rest = sorted(k for k in metrics if k not in headline and not k.startswith("sim/"))

@@ -107,7 +107,10 @@ def _on_failure(flow, inputs, step_name: str, exc: BaseException) -> BaseExcepti
         except Exception as mark_exc:  # noqa: BLE001 - the step's own error is the one to show
             print(f"could not mark MLflow run {run_id} FAILED ({errors.one_line(mark_exc)[:200]}); the next "
                   "resume records it", file=sys.stderr)  # fmt: skip
-    if not retryable:
+    # Only where a retry would otherwise follow: Metaflow's runtime reports a task that exits with the no-retry code
+    # with an extra "Internal error: The terminal step end was not successful" line, which a failure that no
+    # retry follows anyway (start, a train without retries left) should not print.
+    if not retryable and current.retry_count < retries:
         _state["no_retry"] = True
     return _shown(exc, uri)
 

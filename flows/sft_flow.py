@@ -5,6 +5,7 @@
     python flows/sft_flow.py --config cluster cluster.yaml run ...         # nodes, GPUs, image
     python flows/sft_flow.py resume                                        # after a failure
     python flows/sft_flow.py run --config_type my_text.yaml --lora         # text SFT of a causal LM (kind: text)
+    python flows/sft_flow.py run --config_type text_sft --demo             # offline text demo (tiny LM, chat rows)
 
 start (validate, MLflow run, lineage id) -> fetch_data -> compute_norm_stats -> train (@torchrun on
 ``cluster.nodes`` nodes) -> join -> evaluate -> register -> end. Each step calls one function in
@@ -16,7 +17,6 @@ environment or ``@secrets``, never from Parameters.
 import atexit
 import contextlib
 import gc
-import json
 import os
 import sys
 import time
@@ -39,6 +39,10 @@ sys.path.insert(0, str(_ROOT))
 from flows.user import ensure_metaflow_user  # noqa: E402
 
 ensure_metaflow_user()  # before Metaflow is imported: root, or no user variable, is "Unknown user" to it
+
+from flows.quiet import quiet_defaults  # noqa: E402
+
+quiet_defaults()  # before Metaflow and MLflow are imported: no pylint notice, no MLflow INFO lines
 
 from metaflow import (  # noqa: E402
     Config,
@@ -74,8 +78,11 @@ class SFTFlow(FlowSpec):
                             help="Built-in config type (pi0_libero, pi05_libero, pi0_maniskill, pi05_maniskill, "
                                  "pi05_metaworld, pi05_calvin) or a path to a custom YAML.")  # fmt: skip
     dataset = Parameter("dataset", default=None, type=str,
-                        help="Hub dataset id, local LeRobot folder, s3:// URI or metaworld://... "
-                             "(default: the config type's dataset; with --demo a small generated one).")  # fmt: skip
+                        help="Hub dataset id, local LeRobot folder, s3:// URI or metaworld://... (default: the "
+                             "config type's dataset; with --demo its demo dataset: demo://metaworld_demo, the "
+                             "Meta-World renders shipped in the repository, for Meta-World types, "
+                             "demo://synthetic/<config type> (generated) for the others, demo://chat_demo for "
+                             "text).")  # fmt: skip
     dataset_revision = Parameter(
         "dataset_revision", default=None, type=str, help="Hub revision (tag/commit)."
     )
@@ -88,9 +95,11 @@ class SFTFlow(FlowSpec):
         "learning_rate", default=None, type=float, help="Peak learning rate (default: preset)."
     )
     lora = Parameter("lora", default=False, type=bool, is_flag=True, help="LoRA instead of full fine-tuning.")
-    lora_rank = Parameter("lora_rank", default=32, type=int, help="LoRA rank (with --lora).")
+    lora_rank = Parameter("lora_rank", default=None, type=int,
+                          help="LoRA rank (only with --lora; default: the LoRA preset's, 32).")  # fmt: skip
     pretrained = Parameter("pretrained", default=None, type=str,
-                           help="Base weights: local folder/file or Hub id (safetensors); none = random init.")  # fmt: skip
+                           help="Base weights: local folder/file or Hub id (safetensors); none = random init "
+                                "(text: the model; with --demo a tiny one built locally, demo://tiny_chat_lm).")  # fmt: skip
     tokenizer = Parameter("tokenizer", default=None, type=str,
                           help="SentencePiece tokenizer: path, https:// URL, hf://org/repo/file or 'tiny' "
                                "(default: PaliGemma's; 'tiny' with --demo).")  # fmt: skip
@@ -98,20 +107,29 @@ class SFTFlow(FlowSpec):
     eval_samples = Parameter("eval_samples", default=None, type=int,
                              help="Frames evaluated, evenly spaced (default: 256; 32 with --demo).")  # fmt: skip
     sim_episodes = Parameter("sim_episodes", default=None, type=int,
-                             help="Closed-loop episodes per task for simulator config types (Meta-World); "
+                             help="Closed-loop episodes per task for simulator config types (Meta-World, LIBERO); "
                                   "0 = off (default: 10; 2 with --demo).")  # fmt: skip
     sim_max_steps = Parameter("sim_max_steps", default=None, type=int,
-                              help="Step limit of a closed-loop episode (default: 500; 100 with --demo).")  # fmt: skip
+                              help="Step limit of a closed-loop episode (default: the benchmark's, Meta-World 500, "
+                                   "LIBERO 220-520 by suite; 100 with --demo).")  # fmt: skip
     sim_tasks = Parameter("sim_tasks", default=None, type=str,
-                          help="Comma-separated Meta-World tasks to roll out (default: the dataset's tasks "
-                               "for generated data, else all 50).")  # fmt: skip
+                          help="Comma-separated tasks to roll out: Meta-World names, LIBERO names or indices "
+                               "within --sim_suite (default: the dataset's tasks for generated data, else all "
+                               "of MT50 / of the suite).")  # fmt: skip
+    sim_suite = Parameter("sim_suite", default=None, type=str,
+                          help="LIBERO suite for closed-loop evaluation: libero_spatial (default), "
+                               "libero_object, libero_goal or libero_10.")  # fmt: skip
+    sim_workers = Parameter("sim_workers", default=None, type=int,
+                            help="Simulator processes for closed-loop evaluation (0: in the evaluate process; "
+                                 "default: one per core, at most one per episode).")  # fmt: skip
     experiment = Parameter("experiment", default="vla-sft", help="MLflow experiment name.")
     model_name = Parameter("model_name", default=None, type=str,
                            help="Registered model name (default: the config type's name).")  # fmt: skip
     train_options = Parameter("train_options", default=None, type=JSONType,
                               help='Extra TrainConfig fields as JSON, e.g. \'{"precision": "bf16"}\'.')  # fmt: skip
     demo = Parameter("demo", default=False, type=bool, is_flag=True,
-                     help="Offline demo: tiny model, small generated dataset, tiny tokenizer, a few steps.")  # fmt: skip
+                     help="Offline demo: tiny model, tiny tokenizer, the config type's demo dataset (see "
+                          "--dataset), a few steps.")  # fmt: skip
 
     @step
     @reported
@@ -135,7 +153,8 @@ class SFTFlow(FlowSpec):
     def _cli_values(self) -> dict:
         names = ("config_type", "dataset", "dataset_revision", "max_steps", "batch_size", "learning_rate", "lora",
                  "lora_rank", "pretrained", "tokenizer", "eval_episodes", "eval_samples", "sim_episodes",
-                 "sim_max_steps", "sim_tasks", "experiment", "model_name", "train_options", "demo")  # fmt: skip
+                 "sim_max_steps", "sim_tasks", "sim_suite", "sim_workers", "experiment", "model_name",
+                 "train_options", "demo")  # fmt: skip
         return {name: getattr(self, name) for name in names}
 
     def _start_tracking(self, run_config):
@@ -232,7 +251,7 @@ class SFTFlow(FlowSpec):
         from steps.tasks import task_for
 
         task = task_for(self.run_config)
-        with _timed(self, "evaluate"):
+        with _timed(self, "evaluate"):  # a SimulatorNotReady leaves @reported as one line naming the fix
             outcome = task.evaluate(self.export_uri, self.fetched, workdir=_run_dir(self) / "evaluate",
                                     who=_identity(self))  # fmt: skip
         self.eval_metrics, self.eval_details, self.eval_files = (
@@ -261,15 +280,11 @@ class SFTFlow(FlowSpec):
     @step
     @reported
     def end(self):
-        """Say where everything is."""
-        mv = self.model_version
-        print(f"model {mv['name']} version {mv['version']} (alias {mv['alias']}) · MLflow run {self.mlflow_run_id}\n"
-              f"metrics {json.dumps(self.eval_metrics)}\n"
-              f"browse: {_browse_hint(self.tracking_uri)}")  # fmt: skip
+        """Say where everything is: model version, dataset, key metrics, how to browse and promote."""
+        from steps.registry.summary import run_summary
 
-
-def _browse_hint(uri: str) -> str:
-    return uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
+        print(run_summary(model_version=self.model_version, metrics=self.eval_metrics, mlflow_run_id=self.mlflow_run_id,
+                          tracking_uri=self.tracking_uri, dataset=self.fetched.get("dataset_id")))  # fmt: skip
 
 
 def _run_dir(flow) -> Path:

@@ -11,7 +11,8 @@ What counts (checked by class, without importing the modules that define them):
 - ``steps.errors.UserError`` and its subclasses (``steps.config.validate.InputError``);
 - ``data_adapters.lerobot_format.DatasetFormatError`` (a dataset on disk that is not what it claims);
 - ``data_adapters.video.VideoDecodeError`` (a video that cannot be opened or lacks a frame);
-- ``model_zoo.hub.CheckpointError`` (weights that cannot be read or do not fit the model).
+- ``model_zoo.hub.CheckpointError`` (weights that cannot be read or do not fit the model);
+- ``steps.sim.base.SimulatorNotReady`` (a simulator, its renderer or its assets missing on this machine).
 
 Not: network or Hub unavailability (may pass on a retry), and every other exception (a bug: the full
 traceback is what helps then).
@@ -38,6 +39,8 @@ _USER_ERROR_CLASSES = (
     ("data_adapters.lerobot_format", "DatasetFormatError", "Dataset error"),
     ("data_adapters.video", "VideoDecodeError", "Dataset error"),
     ("model_zoo.hub", "CheckpointError", "Checkpoint error"),
+    # A simulator, its renderer or its assets missing here: deterministic, the message names the fix.
+    ("steps.sim.base", "SimulatorNotReady", "Simulator not ready"),
 )
 ERRORS_DIR = "errors"  # under the cache root: one traceback file per failed task
 

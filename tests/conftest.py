@@ -31,3 +31,23 @@ def s3_env(s3_endpoint, monkeypatch):
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return boto3.client("s3")
+
+
+@pytest.fixture(scope="session")
+def demo_registered_model(tmp_path_factory):
+    """A real ``run --demo`` (4 steps, no rollouts), its registered version promoted to ``champion``
+    with ``steps.promote``; built once per session, only when a test asks for it.
+
+    Returns {"root", "tracking_uri", "name", "version", "model_uri": "models:/<name>@champion"}.
+    """
+    from steps.registry.promote import promote
+    from tests.test_flow import inspect_run, run_flow
+
+    root = tmp_path_factory.mktemp("demo-registered")
+    result = run_flow(root, "run", "--demo", "--max_steps", "4", "--sim_episodes", "0")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    version = inspect_run(root)["model_version"]
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    promote(version["name"], version["version"], to="champion", reason="test fixture", tracking_uri=uri)
+    return {"root": root, "tracking_uri": uri, "name": version["name"], "version": str(version["version"]),
+            "model_uri": f"models:/{version['name']}@champion"}  # fmt: skip

@@ -22,13 +22,16 @@ def _stats(dim: int, rng: np.random.Generator) -> Stats:
     return Stats(mean=mean, std=std, q01=mean - 2 * std, q99=mean + 2 * std)
 
 
-def make_tiny_export(root: Path, config_type_name: str = "pi05_metaworld", seed: int = 0) -> Path:
+def make_tiny_export(
+    root: Path, config_type_name: str = "pi05_metaworld", seed: int = 0, variant: str = "tiny"
+) -> Path:
+    """Random weights of ``variant`` (benchmarks pass "real"), random stats, a tiny tokenizer."""
     cfg = get_config_type(config_type_name)
     torch.manual_seed(seed)
     model = Pi0Model(
         ModelConfig(
             model_type=cfg.model_type,
-            variant="tiny",
+            variant=variant,
             action_horizon=cfg.action_horizon,
             max_token_len=cfg.max_token_len,
         )

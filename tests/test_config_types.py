@@ -68,7 +68,13 @@ def test_builtin_config_type_facts(name):
     assert cfg.cameras["base_0_rgb"] == (base,)
     assert cfg.cameras["left_wrist_0_rgb"] == ((wrist,) if wrist else ())
     assert cfg.cameras["right_wrist_0_rgb"] == ()
-    assert cfg.simulator == ("metaworld" if name == "pi05_metaworld" else None)
+    assert cfg.simulator == {
+        "pi05_metaworld": "metaworld",
+        "pi0_libero": "libero",
+        "pi05_libero": "libero",
+        "pi0_maniskill": "maniskill",
+        "pi05_maniskill": "maniskill",
+    }.get(name)
     expected_delta = (True,) * 6 + (False,) if name == "pi0_libero" else (False,) * action_dim
     assert cfg.delta_mask == expected_delta
     json.dumps(cfg.to_dict())  # artifacts / MLflow params must be JSON-able

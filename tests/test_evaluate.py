@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,18 +13,30 @@ from steps.sim.metaworld.demonstrations import DEMO_DATASET
 from tests.policy_helpers import make_tiny_export
 
 
-def test_export_is_evaluated_offline_and_in_the_simulator(tmp_path):
+def test_export_is_evaluated_offline_and_in_the_simulator(tmp_path, capsys):
     export = make_tiny_export(tmp_path, "pi05_metaworld")
     result = evaluate_export(
         export, DEMO_DATASET, [0, 5], max_samples=4, batch_size=2, out_dir=tmp_path / "out",
-        sim_episodes=1, sim_max_steps=10, sim_tasks=["reach-v3"],
+        sim_episodes=1, sim_max_steps=10, sim_tasks=["reach-v3", "button-press-v3"], progress_every_s=0,
     )  # fmt: skip
+    # Progress: with a 0 s interval a line after every batch of offline frames, then a closing line (the
+    # interval itself: tests/test_progress.py); one line per closed-loop episode with its result and steps.
+    lines = capsys.readouterr().out.splitlines()
+    offline = [line for line in lines if line.startswith("offline eval: ")]
+    counts = [line.split(" · ")[0] for line in offline]
+    assert counts == ["offline eval: 2/4 frames (50%)"] + ["offline eval: 4/4 frames (100%)"] * 2
+    assert "ETA" in offline[0] and offline[-1].endswith("2 held-out episodes")
+    episodes = [line for line in lines if line.startswith("closed loop: ") and "episode 1/1" in line]
+    assert len(episodes) == 2, lines
+    assert re.fullmatch(r"closed loop: 1/2 episodes \(50%\) · \d\d:\d\d:\d\d elapsed · ETA \d\d:\d\d:\d\d · "
+                        r"reach-v3 episode 1/1 \(seed 1000\): (success|no success) after \d+ steps", episodes[0])  # fmt: skip
+    assert episodes[1].startswith("closed loop: 2/2 episodes (100%)") and "button-press-v3" in episodes[1]
     m = result.metrics
     for key in ("val_loss", "val_action_mse", "val_action_mae", "val_first_step_mse", "sim/success_rate"):
         assert key in m and m[key] == m[key], key  # present and not NaN
-    assert 0.0 <= m["sim/success_rate"] <= 1.0 and m["sim/episodes"] == 1.0
+    assert 0.0 <= m["sim/success_rate"] <= 1.0 and m["sim/episodes"] == 2.0
     assert result.episodes == [0, 5] and result.num_samples == 4
-    assert result.details["sim_tasks"] == ["reach-v3"]
+    assert result.details["sim_tasks"] == ["reach-v3", "button-press-v3"]
     names = set(result.artifacts)
     assert {"plots/action_trajectories.png", "plots/error_by_step.png"} <= names
     assert any(n.startswith("rollouts/") for n in names)
@@ -39,7 +52,7 @@ def test_simulator_off_and_non_simulator_types_skip_rollouts(tmp_path):
 
 def test_sim_settings_and_validation():
     assert sim_settings(True, None, None) == (2, 100)
-    assert sim_settings(False, None, None) == (10, 500)
+    assert sim_settings(False, None, None) == (10, None)  # None: the benchmark's own step limit
     assert sim_settings(True, 0, 20) == (0, 20)
     with pytest.raises(
         ValueError, match="--sim_episodes / --sim_max_steps: must be >= 0 / > 0, got -1 / 100"

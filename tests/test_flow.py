@@ -31,6 +31,9 @@ FLOW = REPO / "flows" / "sft_flow.py"
 def flow_env(root: Path, **extra: str) -> dict:
     env = dict(os.environ)
     env.pop("MLFLOW_RUN_ID", None)
+    env.pop(
+        "MLFLOW_REGISTRY_URI", None
+    )  # the run's registry is its tracking store, as for a user's first run
     env.update(
         USERNAME="dev",
         METAFLOW_HOME=str(root / "mfhome"),
@@ -134,9 +137,8 @@ def test_validate_run_inputs_rejects_dataset_of_another_schema(tmp_path):
         validate_run_inputs(
             config_type="pi05_metaworld", dataset=str(root), tracking_uri=f"sqlite:///{tmp_path}/m.db"
         )
-    rc = validate_run_inputs(
-        config_type="pi0_libero", dataset=str(root), tracking_uri=f"sqlite:///{tmp_path}/m.db"
-    )
+    rc = validate_run_inputs(config_type="pi0_libero", dataset=str(root), eval_episodes=1,
+                             tracking_uri=f"sqlite:///{tmp_path}/m.db")  # fmt: skip
     assert (rc.data.dataset_kind, rc.data.dataset, rc.model.variant) == ("local", str(root.resolve()), "real")
 
 
@@ -181,6 +183,36 @@ def test_demo_run_config_defaults_and_round_trip(tmp_path):
     )
     assert rc.config_type == get_config_type("pi05_metaworld") and rc.model_name == "pi05_metaworld"
     assert RunConfig.from_dict(json.loads(json.dumps(rc.to_dict()))) == rc
+
+
+def test_demo_datasets_have_one_truthful_name(tmp_path):
+    """The shipped simulator demos (Meta-World, LIBERO) and the generated data of other types are named apart; the
+    fetched record carries the name (not the cache folder), with the fingerprint and a generated set's key."""
+    from steps.fetch.run_inputs import fetch_run_dataset, synthetic_demo_key
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    shipped = validate_run_inputs(config_type="pi05_metaworld", demo=True, tracking_uri=uri)
+    assert (shipped.data.dataset, shipped.data.dataset_kind) == ("demo://metaworld_demo", "demo")
+    libero = validate_run_inputs(config_type="pi0_libero", demo=True, tracking_uri=uri)
+    assert libero.data.dataset == "demo://libero_demo"
+    generated = validate_run_inputs(config_type="pi05_calvin", demo=True, tracking_uri=uri)
+    assert generated.data.dataset == "demo://synthetic/pi05_calvin"
+    assert generated.flat_params()["data.dataset"] == "demo://synthetic/pi05_calvin"
+    with pytest.raises(InputError, match=r"^--dataset: 'demo://synthetic/pi05_calvin' is not a demo dataset of "
+                                         r"config type 'pi05_metaworld'; its demo dataset is 'demo://metaworld_demo'$"):  # fmt: skip
+        validate_run_inputs(
+            config_type="pi05_metaworld", dataset="demo://synthetic/pi05_calvin", tracking_uri=uri
+        )
+
+    fetched = fetch_run_dataset(shipped, cache_dir=tmp_path / "cache")
+    assert (fetched.dataset_id, fetched.source, fetched.revision) == ("demo://metaworld_demo", "demo", None)
+    assert fetched.path.endswith("demo_data/metaworld_demo") and len(fetched.fingerprint) >= 8
+    made = fetch_run_dataset(generated, cache_dir=tmp_path / "cache")
+    assert (made.dataset_id, made.revision) == (
+        "demo://synthetic/pi05_calvin",
+        synthetic_demo_key(generated.config_type),
+    )
+    assert made.path.startswith(str(tmp_path / "cache"))
 
 
 def test_bad_cli_input_fails_in_start_within_seconds(tmp_path):
@@ -233,6 +265,55 @@ def test_run_per_lineage_is_reused_and_params_are_idempotent(tmp_path):
     assert client.get_experiment_by_name("exp").artifact_location.startswith((tmp_path / "mlruns").as_uri())
     assert tracking.lineage_id_for("SFTFlow", "7", None) == "SFTFlow-7"
     assert tracking.lineage_id_for("SFTFlow", "9", "7") == "SFTFlow-7"
+
+
+def test_the_mlflow_run_has_kind_user_source_and_its_dataset_as_input(tmp_path, monkeypatch):
+    """What MLflow's UI reads: the experiment's kind (it opens on its runs), the run's user and source, and
+    the training dataset under "Datasets" (name = the run's id, digest = fingerprint); logged once per
+    dataset even when a resume logs it again."""
+    from mlflow.tracking import MlflowClient
+
+    from steps.fetch.run_inputs import fetch_run_dataset
+    from steps.registry.run_metadata import log_dataset_input
+
+    monkeypatch.setenv("USERNAME", "alice")
+    monkeypatch.delenv("METAFLOW_USER", raising=False)
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    rc = validate_run_inputs(config_type="pi05_metaworld", demo=True, tracking_uri=uri)
+    run_id = tracking.start_run_tracking(rc, "SFTFlow-3", run_name="r", pathspec="SFTFlow/3", metaflow_run_id="3",
+                                         git_commit="0123abcd-dirty")  # fmt: skip
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert (
+        client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"]
+        == "custom_model_development"
+    )
+    tags = run.data.tags
+    assert tags["mlflow.user"] == "alice" and tags["mlflow.source.git.commit"] == "0123abcd"
+    assert tags["git_commit"] == "0123abcd-dirty" and tags["mlflow.source.type"] == "LOCAL"
+
+    fetched = fetch_run_dataset(rc, cache_dir=tmp_path / "cache").to_dict()
+    log_dataset_input(uri, run_id, fetched)
+    log_dataset_input(uri, run_id, fetched)  # a resumed compute_norm_stats
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    assert len(inputs) == 1
+    dataset = inputs[0].dataset
+    assert (dataset.name, dataset.digest, dataset.source_type) == ("demo://metaworld_demo", fetched["fingerprint"],
+                                                                   "local")  # fmt: skip
+    assert json.loads(dataset.source)["uri"] == fetched["path"]
+    assert json.loads(dataset.profile)["num_episodes"] == 15 and json.loads(dataset.profile)["held_out"] == 2
+    assert [(t.key, t.value) for t in inputs[0].tags] == [("mlflow.data.context", "training")]
+
+
+def test_a_hub_dataset_input_links_to_the_hub_at_its_commit():
+    from steps.registry.run_metadata import dataset_source
+
+    source_type, source = dataset_source({"source": "hub", "dataset_id": "lerobot/x", "revision": "c0ffee",
+                                          "path": "/cache/snap/c0ffee"})  # fmt: skip
+    assert (source_type, json.loads(source)) == ("hugging_face", {"path": "lerobot/x", "revision": "c0ffee"})
+    s3 = dataset_source({"source": "s3", "dataset_id": "s3://b/p", "revision": "d1", "path": "/cache/x"})
+    assert s3 == ("s3", json.dumps({"uri": "s3://b/p@d1"}))
 
 
 FIRST_OPEN = """
@@ -379,6 +460,9 @@ def _mlflow_checks(root: Path, info: dict, *, expect_world_size: int) -> None:
     assert tags["metaflow.pathspec"] == f"SFTFlow/{info['id']}"
     assert tags["config_type"] == "pi05_metaworld" and tags["finetune"] == "full"
     assert tags["dataset.fingerprint"] and "metric.val_loss" in tags
+    assert (
+        tags["dataset.id"] == run.data.params["data.dataset"] == "demo://metaworld_demo"
+    )  # one name everywhere
     assert str(client.get_registered_model(mv["name"]).aliases["candidate"]) == str(mine[0].version)
     runs = client.search_runs([run.info.experiment_id], f"tags.`vla_sft.lineage_id` = '{info['lineage_id']}'")
     assert len(runs) == 1, "one MLflow run per lineage"
@@ -464,7 +548,8 @@ def test_custom_yaml_config_type_needs_no_file_after_start(tmp_path):
     yaml_path = tmp_path / "configs" / "my_robot.yaml"
     yaml_path.parent.mkdir(parents=True)
     yaml_path.write_text("extends: pi0_libero\nname: my_robot\naction_horizon: 4\n")
-    args = ["run", "--config_type", str(yaml_path), "--demo", "--max_steps", "4"]
+    # No closed loop: this test is about the config type, not LIBERO (tests/test_libero.py).
+    args = ["run", "--config_type", str(yaml_path), "--demo", "--max_steps", "4", "--sim_episodes", "0"]
     cluster = ["--config-value", "cluster", '{"retries": 0}']
     failed = run_flow(tmp_path, *cluster, *args, env=flow_env(tmp_path, VLA_SFT_FAIL_AFTER_STEP="2"))
     assert failed.returncode != 0

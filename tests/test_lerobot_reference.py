@@ -1,13 +1,16 @@
-"""Cross-checks against LeRobot 0.4.4 itself (runs only in its separate venv).
+"""Cross-checks against LeRobot itself (runs only in a LeRobot reference venv, skipped elsewhere).
 
 (a) datasets LeRobot writes (image and video cameras) read by our reader give LeRobot's own items:
     state, action chunks (delta_timestamps = k / fps for k < H), pad masks, task and pixels;
 (b) LeRobot reads what our v3.0 writer writes (image and video) with identical values.
 
-Run (see .ci/run)::
+The same file runs against whichever release the venv holds: LeRobot 0.6.1 (Python 3.12,
+``~/.cache/vla-sft/lerobot061-venv``) and 0.4.4 (``~/.cache/vla-sft/lerobot-venv``). The API used here
+(``LeRobotDataset.create / add_frame / save_episode / finalize``, ``video_backend="pyav"``, ``meta``)
+is the same in both. Run (see .ci/run)::
 
-    ~/.cache/vla-sft/lerobot-venv/bin/pip install --no-deps -e .
-    ~/.cache/vla-sft/lerobot-venv/bin/python -m pytest -m lerobot_ref -p no:cacheprovider tests/test_lerobot_reference.py
+    ~/.cache/vla-sft/lerobot061-venv/bin/pip install --no-deps -e .
+    ~/.cache/vla-sft/lerobot061-venv/bin/python -m pytest -m lerobot_ref -p no:cacheprovider tests/test_lerobot_reference.py
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ DELTA = {"action": [k / h.FPS for k in range(HORIZON)]}
 
 
 def lerobot_dataset_class():
-    pytest.importorskip("lerobot", reason="LeRobot 0.4.4 lives in its own venv (pytest -m lerobot_ref there)")
+    pytest.importorskip("lerobot", reason="LeRobot lives in its own venv (pytest -m lerobot_ref there)")
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     return LeRobotDataset

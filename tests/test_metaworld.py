@@ -299,7 +299,7 @@ def test_evaluator_expert_scores_one_and_random_about_zero(tmp_path):
     )
     assert expert.success_rate == 1.0
     assert expert.per_task == {"reach-v3": 1.0, "button-press-v3": 1.0}
-    assert expert.per_difficulty == {"easy": 1.0}
+    assert expert.per_group == {"easy": 1.0} and expert.group_kind == "difficulty"
     assert [o.seed for o in expert.episodes] == [0, 1, 2, 0, 1, 2]
     assert expert.metrics()["sim/success/button-press-v3"] == 1.0
     strip, *gifs = (Path(p) for p in expert.media)

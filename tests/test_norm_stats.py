@@ -290,6 +290,19 @@ def test_streaming_and_in_memory_agree_on_a_dataset(libero_like, tmp_path):
     assert large.metadata["report"]["state"][3]["name"] == "state[3] rx"
 
 
+def test_progress_lines_per_pass_only_when_asked_or_slow(libero_like, tmp_path, capsys):
+    cfg, root, _ = libero_like
+    kw = dict(out_path=None, use_cache=False, cache_dir=tmp_path, memory_budget_mb=1e-4)
+    stats = compute_norm_stats(cfg, root, None, progress_every_s=0, **kw)  # a line after every data file
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("norm stats pass ")]
+    total = sum([3, 60, 49, 120, 12, 88])
+    for n in range(1, stats.metadata["passes"] + 1):
+        mine = [line for line in lines if line.startswith(f"norm stats pass {n}: ")]
+        assert mine and mine[-1].startswith(f"norm stats pass {n}: {total}/{total} frames (100%)"), lines
+    compute_norm_stats(cfg, root, None, **kw)  # default interval (10 s): a small dataset prints nothing
+    assert "norm stats pass" not in capsys.readouterr().out
+
+
 def _one_dim(stats, i):
     return type(stats)(**{k: v[i : i + 1] for k, v in stats.__dict__.items() if isinstance(v, np.ndarray)})
 
@@ -334,33 +347,41 @@ def test_nearly_constant_dim_is_floored_and_bounded(tmp_path, mode, caplog):
     assert (3.0 - raw["q01"]) / (raw["q99"] - raw["q01"] + 1e-6) * 2 - 1 > 1e6
 
 
-def test_cache_returns_the_stored_result_without_reading_data(libero_like, tmp_path):
+def test_cache_is_keyed_by_content_and_names_the_folder_it_was_asked_for(libero_like, tmp_path, caplog):
     cfg, root, _ = libero_like
+    import logging
     import shutil
 
     copy = Path(shutil.copytree(root, tmp_path / "ds"))
-    first = compute_norm_stats(cfg, copy, [0, 1, 2], cache_dir=tmp_path / "cache")
-    # Same-size garbage in the data file keeps the fingerprint: only a cache hit can still succeed.
+    cache = tmp_path / "cache"
+    first = compute_norm_stats(cfg, copy, [0, 1, 2], cache_dir=cache)
+    with caplog.at_level(logging.INFO, logger="steps.stats.norm_stats"):
+        started = time.perf_counter()
+        again = compute_norm_stats(cfg, copy, [0, 1, 2], cache_dir=cache, out_path=tmp_path / "o.json")
+    assert time.perf_counter() - started < 2.0 and "norm stats: cache hit" in caplog.text
+    assert again.metadata == first.metadata and again.actions.q99.tolist() == first.actions.q99.tolist()
+    assert json.loads((tmp_path / "o.json").read_text())["metadata"] == first.metadata
+    # Another copy of the same data: recomputed (other files), the same content key and numbers, and the
+    # metadata names the folder it was computed for.
+    other = Path(shutil.copytree(root, tmp_path / "other"))
+    third = compute_norm_stats(cfg, other, [0, 1, 2], cache_dir=cache)
+    assert third.metadata["cache_key"] == first.metadata["cache_key"]
+    assert third.metadata["dataset"]["root"] == str(other.resolve())
+    assert third.actions.q99.tolist() == first.actions.q99.tolist()
+    # Same-size garbage in the data file: never served from the cache.
     data = next(copy.glob("data/**/*.parquet"))
     data.write_bytes(b"\0" * data.stat().st_size)
-    started = time.perf_counter()
-    again = compute_norm_stats(
-        cfg, copy, [0, 1, 2], cache_dir=tmp_path / "cache", out_path=tmp_path / "o.json"
-    )
-    assert time.perf_counter() - started < 2.0
-    assert again.metadata == first.metadata and again.actions.q99.tolist() == first.actions.q99.tolist()
-    assert (
-        json.loads((tmp_path / "o.json").read_text())["metadata"]["cache_key"] == first.metadata["cache_key"]
-    )
-    # Anything statistics-relevant changes the key, so it recomputes (and here hits the garbage).
+    with pytest.raises(ValueError, match="corrupt parquet file"):
+        compute_norm_stats(cfg, copy, [0, 1, 2], cache_dir=cache)
+    # Anything statistics-relevant changes the key, so it recomputes.
     for changed in (dict(episodes=[0, 1]), dict(cfg=dataclasses.replace(cfg, action_horizon=10)),
                     dict(cfg=dataclasses.replace(cfg, delta_mask=(False,) * 7))):  # fmt: skip
         args = {"cfg": cfg, "episodes": [0, 1, 2], **changed}
-        with pytest.raises(ValueError, match="corrupt parquet file"):
-            compute_norm_stats(args["cfg"], copy, args["episodes"], cache_dir=tmp_path / "cache")
-    with pytest.raises(ValueError, match="corrupt parquet file"):
-        compute_norm_stats(cfg, copy, [0, 1, 2], cache_dir=tmp_path / "cache", use_cache=False)
-    assert not list((tmp_path / "cache").glob(".*tmp*"))  # no half-written cache files
+        assert (
+            compute_norm_stats(args["cfg"], other, args["episodes"], cache_dir=cache).metadata["cache_key"]
+            != (first.metadata["cache_key"])
+        )
+    assert not list(cache.rglob(".*tmp*"))  # no half-written cache files
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered")  # the writer's own stats of the inf

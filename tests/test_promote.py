@@ -94,7 +94,7 @@ def test_must_beat_compares_with_current_holder(store, tmp_path):
     assert promote(NAME, v1, must_beat="champion", tracking_uri=uri).promoted
     # Worse val_loss (lower is better by default): refused.
     r2 = promote(NAME, v2, must_beat="champion", tracking_uri=uri)
-    assert not r2.promoted and "0.35 < 0.3" in r2.failures[0].detail
+    assert not r2.promoted and r2.failures[0].detail == "0.35 > 0.3"
     # The same version wins when the gate says success_rate is higher-is-better.
     r2b = promote(NAME, v2, must_beat="champion", gates=["success_rate>=0.6"], tracking_uri=uri)
     assert r2b.promoted and r2b.previous_holder == v1
@@ -141,6 +141,65 @@ def test_cli_list_and_exit_codes(store, tmp_path, capsys):
     lines = table.splitlines()
     assert lines[0].split()[:4] == ["version", "aliases", "created", "val_loss"]
     assert lines[2].split()[:2] == ["1", "champion"] and lines[3].split()[:2] == ["2", "-"]
+
+
+def test_a_version_is_named_by_number_or_alias(store, tmp_path, capsys):
+    uri, client = store
+    _make_version(client, tmp_path, {"val_loss": 0.3})
+    v2 = _make_version(client, tmp_path, {"val_loss": 0.2})
+    client.set_registered_model_alias(NAME, "candidate", v2)  # what register does
+    result = promote(NAME, "candidate", tracking_uri=uri)
+    assert result.promoted and result.version == v2 and _champion(client) == v2
+    assert main(["--name", NAME, "--from", "candidate", "--to", "staging", "--tracking-uri", uri]) == 0
+    assert client.get_registered_model(NAME).aliases["staging"] == int(v2)
+    with pytest.raises(PromotionError, match=r"no version or alias 'latest' \(aliases: candidate \(v2\), "
+                                             r"champion \(v2\), staging \(v2\)\)"):  # fmt: skip
+        promote(NAME, "latest", tracking_uri=uri)
+
+
+def test_ties_read_as_ties_and_close_values_are_told_apart(store, tmp_path):
+    uri, client = store
+    v1 = _make_version(client, tmp_path, {"val_action_mse": 39.308879311169854})
+    v2 = _make_version(client, tmp_path, {"val_action_mse": 39.308879311169854})
+    v3 = _make_version(client, tmp_path, {"val_action_mse": 39.30887})
+    assert promote(NAME, v1, tracking_uri=uri).promoted
+    tie = promote(NAME, v2, must_beat="champion", metric="val_action_mse", tracking_uri=uri)
+    assert not tie.promoted and tie.failures[0].detail == "39.3089 = 39.3089 (tie: not better)"
+    close = promote(NAME, v3, must_beat="champion", metric="val_action_mse", tracking_uri=uri)
+    assert close.promoted and close.checks[0].detail == "39.30887 < 39.30888"  # the digits that differ
+    assert "39.30887" in close.table and "39.30888" in close.table
+
+
+def test_list_shows_the_gated_metrics_within_100_columns(store, tmp_path):
+    uri, client = store
+    long_names = {f"eval/a_rather_long_metric_name_{i}": 0.5 for i in range(6)}
+    v1 = _make_version(client, tmp_path, {"val_loss": 0.25, "train/loss": 0.1, **long_names},
+                       tag_metrics={"val_action_mse": 39.308879311169854, "sim/success_rate": 0.5})  # fmt: skip
+    _make_version(client, tmp_path, {"val_loss": 0.3})
+    client.set_registered_model_alias(NAME, "candidate", v1)
+    client.set_registered_model_alias(NAME, "champion", v1)
+    lines = list_versions(NAME, tracking_uri=uri).splitlines()
+    assert lines[0].split() == [
+        "version",
+        "aliases",
+        "created",
+        "val_loss",
+        "val_action_mse",
+        "sim/success_rate",
+    ]
+    assert lines[2].split()[:2] == ["1", "candidate,champion"] and lines[2].split()[-3:] == [
+        "0.25",
+        "39.31",
+        "0.5",
+    ]
+    assert lines[3].split()[-3:] == ["0.3", "-", "-"]
+    chosen = list_versions(NAME, metrics=("train/loss", *long_names), tracking_uri=uri).splitlines()
+    assert max(len(line) for line in chosen) <= 100
+    note = " ".join(
+        line for line in chosen if not line[:1].isdigit() and "version" not in line and "--" not in line[:2]
+    )
+    assert chosen[0].split()[3] == "train/loss" and "choose with --metrics" in note
+    assert "eval/a_rather_long_metric_name_5" in note
 
 
 @pytest.mark.slow

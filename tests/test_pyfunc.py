@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import urllib.request
 
@@ -14,6 +15,7 @@ mlflow = pytest.importorskip("mlflow")
 from steps.policy import Policy  # noqa: E402
 from steps.registry.model_logging import example_input, log_policy_model, policy_signature, write_model_card  # noqa: E402
 from steps.registry.pyfunc import decode_image, encode_image  # noqa: E402
+from steps.registry.register import lineage_tags  # noqa: E402
 from tests.policy_helpers import make_tiny_export  # noqa: E402
 from tests.server_helpers import free_port, local_server  # noqa: E402
 
@@ -22,7 +24,10 @@ from tests.server_helpers import free_port, local_server  # noqa: E402
 def registered(tmp_path_factory):
     root = tmp_path_factory.mktemp("pyfunc")
     export = make_tiny_export(root, "pi05_metaworld")
-    write_model_card(export, metrics={"val_loss": 0.5}, lineage={"dataset_id": "local", "git_commit": "abc"})
+    lineage = lineage_tags(lineage_id="SFTFlow-1", pathspec="SFTFlow/1", config_type="pi05_metaworld",
+                           dataset="demo://metaworld_demo", dataset_revision=None, dataset_fingerprint="f1ng3r",
+                           base_checkpoint=None, finetune="full", git_commit="abc")  # fmt: skip
+    write_model_card(export, metrics={"val_loss": 0.5}, lineage=lineage)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -38,7 +43,10 @@ def registered(tmp_path_factory):
                                           model_id=info.model_id)  # fmt: skip
     client.set_registered_model_alias("pi05_metaworld_test", "champion", version.version)
     yield {"export": export, "uri": uri, "model_uri": "models:/pi05_metaworld_test@champion", "root": root}
+    # set_registry_uri also exports MLFLOW_REGISTRY_URI, which every later subprocess (a flow run) would inherit.
     mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
 def _frame(rng, rows=2):
@@ -127,6 +135,13 @@ def test_explicit_signature_matches_a_real_prediction(registered):
     assert logged.to_dict() == explicit.to_dict()
 
 
+def test_model_card_names_the_dataset_as_the_run_does(registered):
+    card = (registered["export"] / "README.md").read_text().splitlines()
+    # The lineage tags' id and fingerprint; no revision is known for the shipped folder, so none is shown.
+    assert "- dataset: demo://metaworld_demo (fingerprint f1ng3r)" in card
+    assert not any("lerobot/metaworld_mt50" in line or "n/a" in line for line in card if "dataset" in line)
+
+
 def test_model_card_example_request_is_accepted(registered):
     import pandas as pd
 
@@ -134,6 +149,51 @@ def test_model_card_example_request_is_accepted(registered):
     body = json.loads(card.split("```json\n", 1)[1].split("\n```", 1)[0])
     model = mlflow.pyfunc.load_model(registered["model_uri"])
     assert np.asarray(model.predict(pd.DataFrame(body["dataframe_records"]))).shape == (1, 5, 4)
+
+
+def test_request_example_is_a_real_frame_the_model_accepts(registered, tmp_path, capsys):
+    """python -m steps.registry.request_example: a frame of the version's dataset (tag dataset.id) as a body."""
+    import pandas as pd
+
+    from data_adapters.lerobot_reader import LeRobotFrames
+    from data_adapters.registry import get_config_type
+    from steps.registry.request_example import main, request_body
+    from steps.sim.metaworld.demonstrations import DEMO_DATASET
+
+    client = mlflow.MlflowClient(registered["uri"])
+    version = client.get_model_version_by_alias("pi05_metaworld_test", "champion")
+    client.set_model_version_tag(version.name, version.version, "dataset.id", "demo://metaworld_demo")
+    body = request_body(registered["model_uri"], tracking_uri=registered["uri"], episode=3, frame=7)
+    (row,) = body["dataframe_records"]
+    ct = get_config_type("pi05_metaworld")
+    frames = LeRobotFrames(DEMO_DATASET, state_keys=ct.state_keys, action_keys=ct.action_keys,
+                           camera_keys=ct.camera_keys, horizon=ct.action_horizon, episodes=[3])  # fmt: skip
+    item = frames[7]
+    np.testing.assert_array_equal(
+        decode_image(row["observation.image"], column="i", row=0), item["images"]["observation.image"]
+    )
+    assert row["state"] == [float(x) for x in item["state"]] and row["task"] == item["task"]
+    model = mlflow.pyfunc.load_model(registered["model_uri"])
+    assert np.asarray(model.predict(pd.DataFrame(body["dataframe_records"]))).shape == (1, 5, 4)
+
+    out = tmp_path / "body.json"
+    assert (
+        main(["--model", registered["model_uri"], "--out", str(out), "--tracking-uri", registered["uri"]])
+        == 0
+    )
+    assert set(json.loads(out.read_text())["dataframe_records"][0]) == {"observation.image", "state", "task"}
+    assert main(["--model", "models:/pi05_metaworld_test@nope", "--tracking-uri", registered["uri"]]) == 2
+    assert (
+        main(["--model", registered["model_uri"], "--frame", "999", "--tracking-uri", registered["uri"]]) == 2
+    )
+    assert main(["--model", "pi05_metaworld_test", "--tracking-uri", registered["uri"]]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-3].startswith("error: --model: models:/pi05_metaworld_test@nope: ")
+    assert err[-2] == "error: --frame: 999 is outside episode 0 (frames 0..45)"
+    assert (
+        err[-1]
+        == "error: --model: 'pi05_metaworld_test' is not models:/<name>@<alias> or models:/<name>/<version>"
+    )
 
 
 @pytest.mark.slow

@@ -66,8 +66,8 @@ def test_bad_text_inputs_are_rejected(assets, tmp_path, case, match):
         "bad_fields": {"dataset": str(assets["bad"])},
         "missing_dataset": {"dataset": "/no/such/chat.jsonl"},
         "missing_model": {"pretrained": "/no/model"},
-        "no_model": {"config_type": "text_sft", "dataset": str(assets["data"])},
-        "no_dataset": {"config_type": "text_sft", "pretrained": str(assets["model"])},
+        "no_model": {"config_type": "text_sft", "dataset": str(assets["data"]), "demo": False},
+        "no_dataset": {"config_type": "text_sft", "pretrained": str(assets["model"]), "demo": False},
         "batch": {"batch_size": 5, "nodes": 2},
         "lora": {"lora": True, "lora_rank": 0},
     }[case])  # fmt: skip
@@ -94,13 +94,25 @@ def test_bad_text_dataset_fails_in_start(assets, tmp_path):
 
 
 @pytest.mark.slow
-def test_text_demo_flow_end_to_end_registers_a_generating_model(assets, tmp_path):
+def test_text_demo_flow_end_to_end_registers_a_generating_model(tmp_path):
+    """`run --config_type text_sft --demo`: the built-in tiny model (built offline, steps/text/demo.py) on
+    the shipped chat rows, through every step to a registered pyfunc that generates."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    proc = run_flow(tmp_path, "run", "--config_type", str(assets["yaml"]), "--demo", "--max_steps", "8", "--lora",
-                    "--lora_rank", "4", "--model_name", "tiny-text-flow")  # fmt: skip
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    proc = run_flow(tmp_path, "run", "--config_type", "text_sft", "--demo", "--max_steps", "8", "--lora",
+                    "--lora_rank", "4", "--model_name", "tiny-text-flow", env=flow_env(tmp_path, HF_HUB_OFFLINE="1"))  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    # Quiet: no notice or warning for what every run does; progress and a summary at the end.
+    for noise in ("Pylint", " INFO mlflow", "Warning", "Add type hints"):
+        assert noise not in out, [line for line in out.splitlines() if noise in line][:3]
+    assert "offline eval: 2/2 rows (100%)" in out and "export: done in" in out
+    summary = [line.split("] ", 1)[-1] for line in out.splitlines() if "/end/" in line][1:]
+    assert "Run summary" in summary and "model    tiny-text-flow version 1 (alias candidate)" in summary
+    assert "dataset  demo://chat_demo" in summary and any(
+        line.startswith("metrics  val_loss ") for line in summary
+    )
     info = inspect_run(tmp_path)
     assert info["successful"] and all(info["steps"].values()), info["steps"]
     assert set(info["steps"]) >= {"start", "fetch_data", "compute_norm_stats", "train", "join", "evaluate",
@@ -108,7 +120,7 @@ def test_text_demo_flow_end_to_end_registers_a_generating_model(assets, tmp_path
     assert info["run_config"]["kind"] == "text" and info["run_config"]["lora"]["rank"] == 4
     assert info["train_result"]["final_step"] == 8
     m = info["eval_metrics"]
-    assert m["val_samples"] == 6 and m["perplexity"] == pytest.approx(math.exp(m["val_loss"]))
+    assert m["val_samples"] == 2 and m["perplexity"] == pytest.approx(math.exp(m["val_loss"]))
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -117,25 +129,53 @@ def test_text_demo_flow_end_to_end_registers_a_generating_model(assets, tmp_path
     assert run.data.params["kind"] == "text" and run.data.params["lora.rank"] == "4"
     metrics = run.data.metrics
     assert metrics["eval/val_loss"] == pytest.approx(m["val_loss"]) and "eval/perplexity" in metrics
-    assert metrics["data/count"] == 18 and metrics["data/label_tokens_total"] > 0  # 24 rows, 6 held out
+    assert metrics["data/count"] == 38 and metrics["data/label_tokens_total"] > 0  # 40 rows, 2 held out
+    assert run.data.params["model.pretrained"] == "demo://tiny_chat_lm"
+    assert run.data.params["data.dataset"] == "demo://chat_demo"
     assert "train/loss" in metrics and "train/lr" in metrics, sorted(metrics)
     assert [h.step for h in client.get_metric_history(run.info.run_id, "val/loss")] == [2, 4, 6, 8]
     dl = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="eval/completions.json",
                                                   dst_path=str(tmp_path / "dl"), tracking_uri=uri))  # fmt: skip
     table = json.loads(dl.read_text())
-    assert table["columns"] == ["row", "prompt", "reference", "completion"] and len(table["data"]) == 3
+    assert table["columns"] == ["row", "prompt", "reference", "completion"] and len(table["data"]) == 2
 
     mv = info["model_version"]
     assert (mv["name"], mv["alias"]) == ("tiny-text-flow", "candidate")
     version = client.get_model_version_by_alias("tiny-text-flow", "candidate")
     assert str(version.version) == mv["version"] and version.run_id == run.info.run_id
     assert version.tags["finetune"] == "lora" and "metric.perplexity" in version.tags
+    # One name for the dataset: params, version tags and the run's dataset input (digest = fingerprint).
+    assert version.tags["dataset.id"] == "demo://chat_demo" and version.tags["dataset.fingerprint"]
+    inputs = [(i.dataset.name, i.dataset.digest) for i in run.inputs.dataset_inputs]
+    assert inputs == [("demo://chat_demo", version.tags["dataset.fingerprint"])]
+    assert run.data.tags["mlflow.user"] == "dev" and run.data.tags["mlflow.source.name"].endswith(
+        "sft_flow.py"
+    )
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/tiny-text-flow@candidate")
     out = model.predict(
-        {"messages": [[{"role": "user", "content": "repeat red"}]]}, params={"max_new_tokens": 3}
+        {"messages": [[{"role": "user", "content": "What does the demo train?"}]]},
+        params={"max_new_tokens": 5},
     )
-    assert len(out) == 1 and isinstance(out[0], str)
+    assert len(out) == 1 and isinstance(out[0], str) and out[0]
+    # The version's model card, fetched as the README says, names the dataset and base model as the run does.
+    card = Path(mlflow.artifacts.download_artifacts("models:/tiny-text-flow@candidate/artifacts/export/README.md",
+                                                    dst_path=str(tmp_path / "card"))).read_text().splitlines()  # fmt: skip
+    assert f"- dataset: demo://chat_demo (fingerprint {version.tags['dataset.fingerprint']})" in card
+    assert "- base model: demo://tiny_chat_lm; fine-tuning: lora, step 8" in card
+    # The README's serving example: a body built from a row of the version's dataset (demo://chat_demo).
+    import pandas as pd
+
+    from steps.registry.request_example import request_body
+
+    body = request_body("models:/tiny-text-flow@candidate", tracking_uri=uri, row=1, max_new_tokens=4)
+    assert body["dataframe_records"] == [
+        {"messages": [{"role": "user", "content": "Which steps does the flow run?"}]}
+    ]
+    answer = model.predict(pd.DataFrame(body["dataframe_records"]), params=body["params"])
+    assert len(answer) == 1 and isinstance(answer[0], str)
 
 
 @pytest.mark.slow

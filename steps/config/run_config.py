@@ -40,9 +40,10 @@ class ModelSection:
 class DataSection:
     # The resolved config type: key mapping, horizon, normalization, training preset.
     config_type: ConfigType | TextConfigType
-    # The dataset: local path (absolute), Hub id, s3:// or metaworld:// URI, or the demo marker.
+    # The dataset: local path (absolute), Hub id, s3://, metaworld://, libero:// or maniskill:// URI, or the
+    # demo marker.
     dataset: str
-    # "local" | "hub" | "s3" | "metaworld" | "demo".
+    # "local" | "hub" | "s3" | "metaworld" | "libero" | "maniskill" | "demo".
     dataset_kind: str
     dataset_revision: str | None = None
     # VLA: a SentencePiece spec ("tiny", a file, https://, hf://); text: a tokenizer folder / Hub id or
@@ -65,10 +66,13 @@ class EvalSection:
     # Episodes (text: rows) held out from training and evaluated offline, and frames evaluated.
     episodes: int
     samples: int
-    # Closed loop (simulator config types): episodes per task (0 = off), step limit, tasks (None: default).
+    # Closed loop (simulator config types): episodes per task (0 = off), step limit (None: the benchmark's),
+    # tasks (None: default), LIBERO suite (None for other simulators), simulator processes (None: per core).
     sim_episodes: int = 0
-    sim_max_steps: int = 1
+    sim_max_steps: int | None = 1
     sim_tasks: tuple[str, ...] | None = None
+    sim_suite: str | None = None
+    sim_workers: int | None = None
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,17 @@ code path as the registered MLflow model) and runs
   (same fixed noise and time per frame as training's validation, so it is comparable with
   ``val/loss``), and action-chunk errors after sampling in robot units (``val_action_mse`` / ``_mae``,
   per dimension, per horizon step, first step), with plots;
-- for config types that declare Meta-World (``simulator: metaworld``), ``steps.evaluate.closed_loop.evaluate_metaworld``:
-  success rates per task (keyed by environment name) and per difficulty, plus rollout media.
+- for config types that declare a simulator (``simulator: metaworld`` or ``libero``),
+  ``steps.evaluate.closed_loop.evaluate_closed_loop``: the simulator is checked first (renderer, assets:
+  one line naming the fix), then success rates per task and per group (difficulty / suite), episode
+  lengths and seeds, rollout GIFs and a PNG strip.
 
 Only the export folder and the dataset are read, so evaluation needs nothing from the training process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -36,8 +39,27 @@ class EvalResult:
     details: dict = field(default_factory=dict)
 
 
-def sim_tasks_for(dataset_root: str | os.PathLike, tasks: Sequence[str] | None) -> list[str]:
-    """Tasks to roll out: the given ones, else those a generated dataset was made from, else all MT50."""
+def sim_tasks_for(
+    dataset_root: str | os.PathLike, tasks: Sequence[str] | None, simulator: str = "metaworld",
+    suite: str | None = None,
+) -> list[str]:  # fmt: skip
+    """Tasks to roll out: the given ones, else those a generated dataset was made from, else the benchmark's
+    (all of MT50; LIBERO: every task of ``suite``; ManiSkill: PickCube-v1)."""
+    if simulator == "libero":
+        from steps.sim.libero import suites
+        from steps.sim.libero.demonstrations import generated_tasks
+
+        suite = suite or suites.DEFAULT_SUITE
+        if tasks:
+            return list(suites.check_task_names(tasks, suite))
+        # A generated dataset's tasks when they are of the suite asked for (the demo's), else the whole suite.
+        generated = [t for t in generated_tasks(dataset_root) or [] if suites.suite_of(t) == suite]
+        return generated or list(suites.SUITES[suites.check_suite(suite)])
+    if simulator == "maniskill":
+        from steps.sim.maniskill.demonstrations import generated_tasks
+        from steps.sim.maniskill.tasks import DEFAULT_TASK, check_task_names
+
+        return list(check_task_names(tasks)) if tasks else generated_tasks(dataset_root) or [DEFAULT_TASK]
     if tasks:
         return list(tasks)
     from steps.sim.metaworld.demonstrations import read_generation_meta
@@ -47,6 +69,28 @@ def sim_tasks_for(dataset_root: str | os.PathLike, tasks: Sequence[str] | None) 
         return list(read_generation_meta(dataset_root)["spec"]["tasks"])
     except FileNotFoundError:
         return list(TASKS)
+
+
+def sim_options_for(dataset_root: str | os.PathLike, simulator: str) -> dict:
+    """Simulator options a dataset fixes: ManiSkill's control mode (the one its actions were recorded in)."""
+    if simulator != "maniskill":
+        return {}
+    from steps.sim.maniskill.demonstrations import dataset_control_mode
+
+    return {"control_mode": dataset_control_mode(dataset_root)}
+
+
+# Default cap on simulator processes: a LIBERO task holds ~1.8 GB (scene textures, renderer buffers).
+MAX_DEFAULT_SIM_WORKERS = 16
+
+
+def sim_workers_for(workers: int | None, episodes: int) -> int:
+    """Simulator processes: as asked, else one per usable core, at most one per episode and
+    MAX_DEFAULT_SIM_WORKERS (0 for a single episode: a worker would only add its start-up)."""
+    if workers is not None:
+        return workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if episodes <= 1 else min(cores, episodes, MAX_DEFAULT_SIM_WORKERS)
 
 
 def _image_resolution(dataset_root: str | os.PathLike, camera_key: str) -> int:
@@ -68,11 +112,18 @@ def evaluate_export(
     device: str = "cpu",
     out_dir: str | os.PathLike | None = None,
     sim_episodes: int = SIM_EPISODES,
-    sim_max_steps: int = SIM_MAX_STEPS,
+    sim_max_steps: int | None = SIM_MAX_STEPS,
     sim_tasks: Sequence[str] | None = None,
+    sim_suite: str | None = None,
+    sim_workers: int | None = None,
+    progress_every_s: float | None = None,
 ) -> EvalResult:
     """Offline metrics on ``episodes`` (at most ``max_samples`` frames) and, for simulator config types,
-    ``sim_episodes`` closed-loop episodes per task (0 turns the simulator off).
+    ``sim_episodes`` closed-loop episodes per task (0 turns the simulator off), at most ``sim_max_steps``
+    steps each (None: the benchmark's limit), in ``sim_workers`` simulator processes (None: one per core).
+
+    Progress: a line at most every ``progress_every_s`` seconds of offline evaluation (default 10 s,
+    ``steps.progress``) and one line per closed-loop episode.
     """
     from steps.evaluate.offline import evaluate_offline
     from steps.policy import Policy
@@ -84,7 +135,7 @@ def evaluate_export(
         raise ValueError("episodes: no held-out episodes to evaluate on (raise --eval_episodes)")
     if max_samples <= 0 or batch_size <= 0:
         raise ValueError(f"max_samples / batch_size: must be > 0, got {max_samples} / {batch_size}")
-    if sim_episodes < 0 or sim_max_steps <= 0:
+    if sim_episodes < 0 or (sim_max_steps is not None and sim_max_steps <= 0):
         raise ValueError(
             f"sim_episodes / sim_max_steps: must be >= 0 / > 0, got {sim_episodes} / {sim_max_steps}"
         )
@@ -92,30 +143,40 @@ def evaluate_export(
     out = Path(out_dir) if out_dir is not None else None
 
     policy = Policy.from_export(export_dir, device=device, seed=seed)
+    ct = policy.config_type
+    if ct.simulator and sim_episodes > 0:
+        from steps.sim.base import simulator_class
+
+        # Renderer, package and assets first: one line naming the fix, before minutes of offline evaluation.
+        simulator_class(ct.simulator).preflight()
     offline = evaluate_offline(
         policy, dataset_root, episodes, num_samples=max_samples, batch_size=batch_size,
         seed=int(train_config.get("seed", seed)), out_dir=out,
         loss_reduction=train_config.get("loss_reduction"), mask_padded=train_config.get("mask_padded_actions"),
+        progress_every_s=progress_every_s,
     )  # fmt: skip
     metrics = dict(offline.metrics)
     artifacts = {f"plots/{Path(path).name}": str(path) for path in offline.plots.values()}
     details: dict = {"offline_seconds": offline.seconds}
 
-    ct = policy.config_type
-    if ct.simulator == "metaworld" and sim_episodes > 0:
-        from steps.evaluate.closed_loop import evaluate_metaworld
+    if ct.simulator and sim_episodes > 0:
+        from steps.evaluate.closed_loop import evaluate_closed_loop
 
-        tasks = sim_tasks_for(dataset_root, sim_tasks)
-        sim = evaluate_metaworld(
-            policy.predict, tasks, episodes_per_task=sim_episodes, max_steps=sim_max_steps,
-            replan_every=ct.action_horizon, resolution=_image_resolution(dataset_root, ct.camera_keys[0]),
+        tasks = sim_tasks_for(dataset_root, sim_tasks, ct.simulator, sim_suite)
+        workers = sim_workers_for(sim_workers, len(tasks) * sim_episodes)
+        sim = evaluate_closed_loop(
+            policy.predict, ct.simulator, tasks, sim_episodes, max_steps=sim_max_steps, workers=workers,
+            resolution=_image_resolution(dataset_root, ct.camera_keys[0]),
+            options=sim_options_for(dataset_root, ct.simulator),
             out_dir=out / "rollouts" if out is not None else None,
         )  # fmt: skip
         metrics.update(sim.metrics())
         artifacts.update({f"rollouts/{Path(p).name}": str(p) for p in sim.media})
-        details.update(
-            sim_tasks=tasks, sim_per_task=dict(sim.per_task), sim_per_difficulty=dict(sim.per_difficulty)
-        )
+        if out is not None:
+            artifacts["rollouts/episodes.json"] = str(out / "rollouts" / "episodes.json")
+        details.update(sim_tasks=tasks, sim_per_task=dict(sim.per_task), sim_per_group=dict(sim.per_group),
+                       sim_group_kind=sim.group_kind, sim_timings=dict(sim.timings), sim_workers=workers,
+                       sim_episodes=[dataclasses.asdict(o) for o in sim.episodes])  # fmt: skip
     return EvalResult(
         metrics=metrics,
         num_samples=int(metrics.get("num_samples", len(offline.samples))),

@@ -142,6 +142,8 @@ def evaluate_offline(
     loss_reduction: str | None = None,
     mask_padded: bool | None = None,
     plot_episodes: int = 3,
+    progress_every_s: float | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> OfflineEvalResult:
     """Evaluate ``policy`` on ``num_samples`` frames of the held-out ``episodes``.
 
@@ -159,6 +161,8 @@ def evaluate_offline(
         loss_reduction, mask_padded: the trainer's loss reduction (default: ``TrainConfig``'s defaults,
             ``"all_dims"`` without masking padded steps, openpi's loss).
         plot_episodes: episodes shown in the trajectory plot (those with the most evaluated frames).
+        progress_every_s, clock: a progress line at most this often (default ``steps.progress``'s 10 s;
+            0: after every batch), timed by ``clock`` (default ``time.monotonic``), and a closing line.
 
     Raises:
         ValueError: no episodes, episodes not in the dataset (named), num_samples / batch_size <= 0,
@@ -192,6 +196,7 @@ def evaluate_offline(
     flat_indices = [starts[e] + f for e, f in samples]
 
     loss = _LossAccumulator(policy, seed, loss_fn, loss_reduction, mask_padded) if val_loss else None
+    progress = _progress("offline eval", len(flat_indices), "frames", progress_every_s, clock)
     preds, truth, pads = [], [], []
     for first in range(0, len(flat_indices), batch_size):
         chunk = flat_indices[first : first + batch_size]
@@ -202,12 +207,14 @@ def evaluate_offline(
         pads.append(np.stack([raws[i]["action_is_pad"] for i in chunk]))
         if loss is not None:
             loss.add(raws, chunk)
+        progress.advance(len(chunk))
     predictions, ground_truth, action_is_pad = (np.concatenate(x) for x in (preds, truth, pads))
 
     metrics = action_error_metrics(predictions, ground_truth, action_is_pad)
     if loss is not None:
         metrics.update(loss.metrics())
     metrics["num_samples"] = float(len(samples))
+    progress.finish(f"{len(episodes)} held-out episodes")
 
     plots: dict[str, Path] = {}
     if out_dir is not None:
@@ -217,6 +224,13 @@ def evaluate_offline(
         metrics=metrics, plots=plots, episodes=episodes, samples=samples, predictions=predictions,
         ground_truth=ground_truth, action_is_pad=action_is_pad, seconds=time.perf_counter() - started,
     )  # fmt: skip
+
+
+def _progress(label: str, total: int, unit: str, every_s: float | None, clock):
+    from steps.progress import DEFAULT_EVERY_S, Progress
+
+    every = DEFAULT_EVERY_S if every_s is None else every_s
+    return Progress(label, total, unit=unit, every_s=every, **({"clock": clock} if clock else {}))
 
 
 class _LossAccumulator:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steps.errors import UserError
+
 # owner/name on the Hub (letters, digits, "-", "_", "."), nothing else.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -46,7 +48,7 @@ class FetchResult:
     dataset_id: str
     # Commit hash of the snapshot (Hub), listing digest (S3), or None for a local folder.
     revision: str | None
-    # "hub", "s3" or "local".
+    # "hub", "s3" or "local" ("demo" / "metaworld" for those, see steps.fetch.run_inputs.fetch_run_dataset).
     source: str
     num_episodes: int
     num_frames: int
@@ -66,6 +68,7 @@ def fetch_dataset(
     seed: int = 0,
     val_episodes: int | None = None,
     s3_cache_dir: str | os.PathLike | None = None,
+    check_files: bool = True,
 ) -> FetchResult:
     """Resolve, validate and split the dataset for config type ``cfg``.
 
@@ -79,19 +82,25 @@ def fetch_dataset(
         val_fraction: share of episodes held out for validation (deterministic for a seed).
         seed: split seed.
         val_episodes: hold out exactly this many episodes instead (overrides ``val_fraction``).
+        check_files: prove that every data and video file opens and covers its episodes
+            (:mod:`steps.fetch.verify`; files unchanged since a previous check are skipped).
 
     Raises:
-        ValueError: no dataset known for the config type (e.g. ManiSkill: the message points to the
+        UserError (a ValueError; ``DatasetFormatError`` for the files): no dataset known for the config type (e.g. ManiSkill: the message points to the
             custom YAML route), a missing folder, a Hub dataset that cannot be reached (the message says
             how to fix it), a dataset that is not LeRobot v2.0/v2.1/v3.0 or lacks the config type's keys
-            and dims, or a split that leaves no training episode.
+            and dims, a split that leaves no training episode, or a data or video file that does not open
+            or is cut short.
     """
     from data_adapters.config_types import ConfigType, require_dataset, validate_against_dataset
-    from data_adapters.lerobot_format import fingerprint, read_meta, split_episodes
+    from data_adapters.lerobot_format import DatasetFormatError, fingerprint, read_meta, split_episodes
     from data_adapters.registry import get_config_type
 
     cfg = cfg if isinstance(cfg, ConfigType) else get_config_type(str(cfg))
-    spec, revision = require_dataset(cfg, str(dataset) if dataset is not None else None, revision)
+    try:
+        spec, revision = require_dataset(cfg, str(dataset) if dataset is not None else None, revision)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     local = Path(spec).expanduser()
     if spec.startswith("s3://"):
         from steps.fetch.s3 import fetch_s3_dataset
@@ -100,23 +109,32 @@ def fetch_dataset(
         root, source, pinned = snapshot.path, "s3", snapshot.revision
     elif local.exists():
         if not local.is_dir():
-            raise ValueError(f"dataset {spec!r} is a file; expected a LeRobot dataset folder")
+            raise UserError(f"dataset {spec!r} is a file; expected a LeRobot dataset folder")
         root, source, pinned = local.resolve(), "local", None
     elif _HUB_ID.match(spec) and not spec.startswith((".", "~")):
         root, source = _download(spec, revision, cache_dir), "hub"
         pinned = root.name  # the snapshot folder is named after its commit hash
     else:
-        raise ValueError(f"dataset {spec!r}: no such folder, and not a Hub id of the form 'owner/name'")
+        raise UserError(f"dataset {spec!r}: no such folder, and not a Hub id of the form 'owner/name'")
 
     meta = read_meta(root)
-    validate_against_dataset(cfg, meta.info)
+    try:
+        validate_against_dataset(cfg, meta.info)
+    except DatasetFormatError:
+        raise
+    except ValueError as exc:
+        raise UserError(f"dataset {root} does not match config type {cfg.name!r}: {exc}") from None
     indices = list(meta.episodes)
     if val_episodes is not None:
         if not isinstance(val_episodes, int) or not 0 <= val_episodes < len(indices):
-            raise ValueError(f"val_episodes must be an integer in 0..{len(indices) - 1} (the dataset has "
+            raise UserError(f"val_episodes must be an integer in 0..{len(indices) - 1} (the dataset has "
                              f"{len(indices)} episodes and training needs one), got {val_episodes!r}")  # fmt: skip
         val_fraction = val_episodes / len(indices)
     train, val = split_episodes(indices, val_fraction, seed)
+    if check_files:
+        from steps.fetch.verify import verify_dataset_files
+
+        print(f"dataset {root}: {verify_dataset_files(meta).line()}", file=sys.stderr)
     return FetchResult(
         path=str(root),
         version=meta.version,
@@ -143,26 +161,30 @@ def _download(repo_id: str, revision: str | None, cache_dir) -> Path:
         RevisionNotFoundError,
     )
 
+    from steps.progress import hub_progress_class
+
     where = f"Hub dataset {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
     cache = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HUB_CACHE)
     try:
+        # tqdm_class: the Hub's progress bars as lines every 10 s (in a flow task it sees no terminal).
         path = snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision,
-                                 cache_dir=str(cache_dir) if cache_dir is not None else None)  # fmt: skip
+                                 cache_dir=str(cache_dir) if cache_dir is not None else None,
+                                 tqdm_class=hub_progress_class())  # fmt: skip
     except LocalEntryNotFoundError as err:
         offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
-        raise ValueError(
+        raise UserError(
             f"{where} is not in the Hugging Face cache {cache} and the Hub cannot be reached{offline}. "
             f"Fix: run once with network access (and HF_HUB_OFFLINE unset) to download it into the cache; "
             f"or point --cache_dir / HF_HUB_CACHE at a cache that holds it; or pass --dataset "
             f"/path/to/a/local/copy. ({type(err).__name__}: {str(err).splitlines()[0]})"
         ) from err
     except GatedRepoError as err:
-        raise ValueError(f"{where} is gated: accept its terms on the Hub and set HF_TOKEN ({err})") from err
+        raise UserError(f"{where} is gated: accept its terms on the Hub and set HF_TOKEN ({err})") from err
     except RevisionNotFoundError as err:
-        raise ValueError(f"{where}: the revision does not exist ({err})") from err
+        raise UserError(f"{where}: the revision does not exist ({err})") from err
     except RepositoryNotFoundError as err:
-        raise ValueError(f"{where} does not exist (or is private: set HF_TOKEN) ({err})") from err
-    except HfHubHTTPError as err:
+        raise UserError(f"{where} does not exist (or is private: set HF_TOKEN) ({err})") from err
+    except HfHubHTTPError as err:  # may pass on a retry: not a user error
         raise ValueError(f"{where} could not be downloaded: {err}") from err
     return Path(path)
 

@@ -111,7 +111,11 @@ def fetch_s3_dataset(
         return S3Snapshot(target, current, 0)
     base = f"{prefix}/" if prefix else ""
 
+    from steps.progress import Progress
+
     def download(staging: Path) -> None:
+        total_mb = sum(o["size"] for o in objects) / 1e6
+        progress = Progress(f"download {uri}", round(total_mb, 1), unit="MB")  # a line every 10 s
         for o in objects:
             dest = staging / o["key"]
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +127,9 @@ def fetch_s3_dataset(
                 raise ValueError(
                     f"dataset {uri}: {o['key']} has {dest.stat().st_size} bytes, listed {o['size']}"
                 )
+            progress.advance(o["size"] / 1e6)
+        if progress.lines:
+            progress.finish(f"{len(objects)} files")
 
     # Another process that finished the same snapshot first wrote the same files: keep theirs.
     write_dir_atomically(target, download, replace=False)

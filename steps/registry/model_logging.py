@@ -44,6 +44,13 @@ def example_records(config_type: Mapping[str, Any]) -> list[dict[str, Any]]:
     return example_input(ConfigType.from_dict(config_type)).to_dict(orient="records")
 
 
+def dataset_line(lineage: Mapping[str, Any]) -> str:
+    """``<id> (revision R, fingerprint F)`` from the lineage tags (``register.lineage_tags``), the parts known."""
+    known = [f"{name} {lineage[f'dataset.{name}']}" for name in ("revision", "fingerprint")
+             if lineage.get(f"dataset.{name}")]  # fmt: skip
+    return str(lineage.get("dataset.id") or "unknown") + (f" ({', '.join(known)})" if known else "")
+
+
 def write_model_card(
     export_dir: str | Path, *, metrics: Mapping[str, float], lineage: Mapping[str, Any]
 ) -> Path:
@@ -63,8 +70,7 @@ def write_model_card(
         "",
         "## Data and config",
         "",
-        f"- dataset: {lineage.get('dataset_id', config_type.get('dataset_id'))} "
-        f"(revision {lineage.get('dataset_revision') or 'n/a'}, fingerprint {lineage.get('dataset_fingerprint', 'n/a')})",
+        f"- dataset: {dataset_line(lineage)}",
         f"- cameras: {cams}",
         f"- state: {' + '.join(config_type['state_keys'])} ({config_type['state_dim']} dims); "
         f"actions: {' + '.join(config_type['action_keys'])} ({config_type['action_dim']} dims)",

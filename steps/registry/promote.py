@@ -2,7 +2,8 @@
 
     python -m steps.promote --name pi05_metaworld --version 3 --to champion \\
         --gate 'val_action_mse<=0.05' --must-beat champion --reason 'beats v2 on MT50 easy'
-    python -m steps.promote --name pi05_metaworld --list
+    python -m steps.promote --name pi05_metaworld --list [--metrics val_loss,sim/success_rate]
+    python -m steps.promote --name pi05_metaworld --version candidate --to champion   # the last registered
 
 A version's metrics are its source run's metrics, overridden by version tags named ``metric.<key>``
 (what ``steps.registry.register`` writes). Gates are ``METRIC OP NUMBER``; ``--must-beat ALIAS`` compares the
@@ -19,6 +20,7 @@ import operator
 import os
 import re
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -97,12 +99,19 @@ def _client(tracking_uri: str | None = None):
 
 
 def _get_version(client, name: str, version: str):
+    """A version by number, or by alias (``candidate``: the version the last run registered)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        client.get_registered_model(name)
+        model = client.get_registered_model(name)
     except MlflowException as err:
         raise PromotionError(f"no registered model named {name!r}") from err
+    if not str(version).isdigit():
+        aliases = model.aliases or {}
+        if str(version) not in aliases:
+            known = ", ".join(f"{a} (v{v})" for a, v in sorted(aliases.items())) or "none"
+            raise PromotionError(f"model {name!r} has no version or alias {version!r} (aliases: {known})")
+        version = aliases[str(version)]
     try:
         return client.get_model_version(name, str(version))
     except MlflowException as err:
@@ -130,6 +139,24 @@ def _require(metrics: dict[str, float], metric: str, who: str) -> float:
     if metric not in metrics:
         raise PromotionError(f"{who} has no metric {metric!r} (has: {', '.join(sorted(metrics)) or 'none'})")
     return metrics[metric]
+
+
+def _pair(mine: float, theirs: float) -> tuple[str, str]:
+    """Both numbers at the first precision that tells them apart (equal numbers print equal)."""
+    for digits in range(6, 18):
+        a, b = f"{mine:.{digits}g}", f"{theirs:.{digits}g}"
+        if a != b or mine == theirs:
+            return a, b
+    return repr(mine), repr(theirs)
+
+
+def _comparison(mine: float, theirs: float, lower: bool) -> tuple[bool, str]:
+    """(candidate strictly better?, ``"0.25 < 0.3"``), a tie reading as a tie."""
+    a, b = _pair(mine, theirs)
+    if mine == theirs:
+        return False, f"{a} = {b} (tie: not better)"
+    # The sign states the relation as it is; whether that is better is the check's ok / FAIL.
+    return (mine < theirs if lower else mine > theirs), f"{a} {'<' if mine < theirs else '>'} {b}"
 
 
 def _format_table(rows: list[list[str]]) -> str:
@@ -184,13 +211,11 @@ def promote(
         for key, lower in dict(comparisons).items():
             mine = _require(cand_metrics, key, who)
             theirs = _require(holder_metrics, key, holder_who)
-            ok = mine < theirs if lower else mine > theirs
-            sign = "<" if lower else ">"
-            result.checks.append(
-                Check(f"must beat {must_beat} on {key}", ok, f"{mine:.6g} {sign} {theirs:.6g}")
-            )
-            rows.append([key, f"{mine:.6g}", f"{theirs:.6g}", f"beat ({sign}) {'ok' if ok else 'FAIL'}"])
-    result.table = _format_table(rows)
+            ok, detail = _comparison(mine, theirs, lower)
+            result.checks.append(Check(f"must beat {must_beat} on {key}", ok, detail))
+            a, b = _pair(mine, theirs)
+            rows.append([key, a, b, f"beat ({'<' if lower else '>'}) {'ok' if ok else 'FAIL'}"])
+    result.table = _format_table(rows) if len(rows) > 1 else ""  # no gate, no holder: nothing to tabulate
 
     current = (client.get_registered_model(name).aliases or {}).get(to)
     result.previous_holder = str(current) if current is not None else None
@@ -213,8 +238,18 @@ def promote(
     return result
 
 
-def list_versions(name: str, *, metrics: tuple[str, ...] = (), tracking_uri: str | None = None) -> str:
-    """A table of every version with its aliases and key metrics (MLflow's search omits aliases)."""
+# What the config types gate on, in this order: robot policies (held-out loss and action error, closed-loop
+# success where there is a simulator) and text models (held-out loss, perplexity).
+KEY_METRICS = ("val_loss", "val_action_mse", "sim/success_rate", "perplexity")
+LIST_WIDTH = 100
+
+
+def list_versions(
+    name: str, *, metrics: tuple[str, ...] = (), tracking_uri: str | None = None, width: int = LIST_WIDTH
+) -> str:
+    """A table of every version with its aliases, creation time and key metrics (MLflow's search omits
+    aliases): ``metrics``, else those of ``KEY_METRICS`` any version has; at most ``width`` columns wide
+    (metric columns that do not fit are left out and named below the table)."""
     client = _client(tracking_uri)
     try:
         model = client.get_registered_model(name)
@@ -225,21 +260,34 @@ def list_versions(name: str, *, metrics: tuple[str, ...] = (), tracking_uri: str
         by_version.setdefault(str(ver), []).append(alias)
     versions = sorted(client.search_model_versions(name_filter(name)), key=lambda v: int(v.version))
     all_metrics = {v.version: version_metrics(client, v) for v in versions}
-    keys = list(metrics) or sorted({k for m in all_metrics.values() for k in m})[:6]
-    rows = [["version", "aliases", "created", *keys]]
+    present = {k for m in all_metrics.values() for k in m}
+    keys = list(metrics) or [k for k in KEY_METRICS if k in present]
+    rows = [["version", "aliases", "created"]]
     for v in versions:
         created = datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M")
-        vals = [f"{all_metrics[v.version][k]:.6g}" if k in all_metrics[v.version] else "-" for k in keys]
-        rows.append(
-            [str(v.version), ",".join(sorted(by_version.get(str(v.version), []))) or "-", created, *vals]
-        )
-    return _format_table(rows)
+        rows.append([str(v.version), ",".join(sorted(by_version.get(str(v.version), []))) or "-", created])
+    left_out = []
+    for key in keys:
+        column = [
+            f"{all_metrics[v.version][key]:.4g}" if key in all_metrics[v.version] else "-" for v in versions
+        ]
+        widened = [row + [cell] for row, cell in zip(rows, [key, *column], strict=True)]
+        if max(len(line) for line in _format_table(widened).splitlines()) > width:
+            left_out.append(key)
+            continue
+        rows = widened
+    table = _format_table(rows)
+    if left_out:
+        note = f"(left out to fit {width} columns: {', '.join(left_out)}; choose with --metrics)"
+        table += "\n" + textwrap.fill(note, width, break_on_hyphens=False)
+    return table
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m steps.promote", description=__doc__.split("\n\n")[0])
     p.add_argument("--name", required=True, help="registered model name")
-    p.add_argument("--version", help="model version to promote")
+    p.add_argument("--version", "--from", dest="version",
+                   help="model version to promote: a number, or an alias (candidate: the last registered)")  # fmt: skip
     p.add_argument("--to", default="champion", help="alias to move (default: champion)")
     p.add_argument("--gate", action="append", default=[], help="METRIC OP NUMBER, repeatable")
     p.add_argument("--must-beat", help="alias whose holder the candidate must beat")
@@ -247,7 +295,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--higher-is-better", action="store_true", help="direction of --metric")
     p.add_argument("--reason", help="why, recorded as a tag")
     p.add_argument("--dry-run", action="store_true", help="check and print, move nothing")
-    p.add_argument("--list", action="store_true", help="list versions with aliases and metrics")
+    p.add_argument("--list", action="store_true", help="list versions with aliases and key metrics")
+    p.add_argument("--metrics", help="with --list: comma-separated metrics to show (default: " + ", ".join(KEY_METRICS)
+                   + ", those present)")  # fmt: skip
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: MLFLOW_TRACKING_URI or sqlite)")
     args = p.parse_args(argv)
     if not args.list and not args.version:
@@ -260,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     try:
         if args.list:
-            print(list_versions(args.name, tracking_uri=uri))
+            chosen = tuple(m.strip() for m in (args.metrics or "").split(",") if m.strip())
+            print(list_versions(args.name, metrics=chosen, tracking_uri=uri))
             return 0
         result = promote(
             args.name,
@@ -277,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     except PromotionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(result.table)
+    if result.table:
+        print(result.table)
     for check in result.checks:
         print(f"[{'ok' if check.passed else 'FAIL'}] {check.what}: {check.detail}")
     if result.promoted:

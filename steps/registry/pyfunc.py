@@ -15,6 +15,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 
@@ -62,7 +63,9 @@ class PolicyModel(PythonModel):
 
         self.policy = Policy.from_export(context.artifacts["export"])
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    # Type hints: MLflow warns on every load without them. pd.DataFrame is one it takes without deriving a
+    # schema (the logged signature, model_logging.policy_signature, checks the columns) or converting input.
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
         observations = []
         for i, record in enumerate(_records(model_input)):
             images = {

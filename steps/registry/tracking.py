@@ -269,6 +269,9 @@ def start_run_tracking(
                 f"(HTTP {exc.get_http_status_code()}): set {CREDENTIAL_VARIABLES} for it"
             ) from None
         raise
+    from steps.registry.run_metadata import describe_run
+
+    describe_run(client_for(uri), run_id, git_commit=git_commit)
     return run_id
 
 

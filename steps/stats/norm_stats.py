@@ -28,14 +28,28 @@ Report (``metadata.report``): per dim, the fraction of training values outside [
 outside [-1, 1] after normalization (config's mode, floored statistics), the largest |normalized value|,
 and whether those counts are exact (in streaming mode the zscore band is estimated from the sample).
 
-Cache: the result is stored under a key of everything it depends on (dataset fingerprint, keys,
-horizon, delta mask, episodes, normalization mode, method and guard settings); the same call again
-returns it from the cache in milliseconds.
+Checked on the way (every episode before training): the state and action values of the training
+episodes and of ``check_episodes`` (the held-out ones) are finite; a NaN or inf fails naming key,
+dimension, episode, frame and file. A cached result stands for that check too.
+
+Cache (``$VLA_SFT_CACHE/norm_stats``), keyed by content. A result is stored as ``<content key>.json``,
+the content key a hash of the settings (keys, horizon, delta mask, normalization, method, guards), the
+episodes, and a digest of every state and action value read (blake2b, folded into the statistics pass
+that reads them anyway, see benchmarks/RESULTS.md for its cost). A lookup must not read the data, so an
+index entry ``index/<source key>.json`` names the result for a *source*: the settings, episodes, the meta
+files (``lerobot_format.fingerprint``) and either the Hub commit (``revision``: a snapshot never changes)
+or, for local and S3 folders, each data file's identity (``data_adapters.file_identity``: inode, size,
+mtime_ns, ctime_ns and a digest of its parquet footer). So any write to a data file, a replaced or
+re-exported file, or another copy of the dataset recomputes (the same values give the same content key);
+an unchanged dataset returns the stored result in milliseconds, with ``metadata.dataset.root`` naming the
+folder of this call. The result file is written before its index entry, both atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import math
 import sys
@@ -46,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from steps.cache import atomic_copy, atomic_write_text, cache_dir_for, cache_key
+from steps.cache import atomic_write_text, cache_dir_for, cache_key
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +71,33 @@ DEFAULT_MAX_ABS_NORMALIZED = 5.0
 NORM_EPS = 1e-6  # the epsilon of data_adapters.normalization
 
 
+def _with_progress(source, total_frames: int, every_s: float | None):
+    """``source`` with a progress line per pass at most every ``every_s`` seconds (default 10 s): only a
+    dataset that takes that long to read prints anything."""
+    from steps.progress import DEFAULT_EVERY_S, Progress
+
+    passes = [0]
+
+    def read():
+        passes[0] += 1
+        progress = Progress(f"norm stats pass {passes[0]}", total_frames, unit="frames",
+                            every_s=DEFAULT_EVERY_S if every_s is None else every_s)  # fmt: skip
+        for item in source():
+            yield item
+            progress.advance(len(item.state))
+        if progress.lines:
+            progress.finish()
+
+    return read
+
+
 def compute_norm_stats(
     cfg: Any,
     dataset_root: str | Path,
     episodes: Sequence[int] | None = None,
     *,
+    check_episodes: Sequence[int] | None = None,
+    revision: str | None = None,
     out_path: str | Path | None = None,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
@@ -72,6 +108,7 @@ def compute_norm_stats(
     hist_bins: int = 1 << 14,
     seed: int = 0,
     workers: int = 1,
+    progress_every_s: float | None = None,
 ):
     """Statistics of ``cfg``'s state and actions over ``episodes`` of the dataset at ``dataset_root``.
 
@@ -79,6 +116,10 @@ def compute_norm_stats(
         cfg: a ConfigType, or a config type name / YAML path.
         dataset_root: local LeRobot dataset folder (see :func:`steps.fetch.dataset.fetch_dataset`).
         episodes: the training episodes (default: all episodes).
+        check_episodes: more episodes whose state and action values must be finite (the held-out ones),
+            not counted in the statistics.
+        revision: the Hub commit the dataset folder is a snapshot of: the cache then trusts it instead of
+            the data files' identities (None for local and S3 folders).
         out_path: also write ``norm_stats.json`` here (atomically).
         cache_dir: cache folder (default ``$VLA_SFT_CACHE/norm_stats`` or ``~/.cache/vla-sft/norm_stats``).
         use_cache: False recomputes (and refreshes the cache entry).
@@ -90,13 +131,15 @@ def compute_norm_stats(
         seed: sampling seed (changes the work done, never the exact result).
         workers: threads over the dims of each block (numpy releases the GIL in the per-dim work);
             the result does not depend on it.
+        progress_every_s: a progress line per pass over the data at most this often (default 10 s).
 
     Returns:
         data_adapters.normalization.NormStats (float32 statistics + metadata).
 
     Raises:
-        ValueError: the dataset does not fit the config type, unknown episodes, no frames, NaN/inf in a
-            state or action value (naming key, episode and frame), or bad arguments.
+        ValueError (DatasetFormatError for the data): the dataset does not fit the config type, unknown
+            episodes, no frames, NaN/inf in a state or action value of a training or checked episode (naming
+            key, dimension, episode, frame and file), or bad arguments.
     """
     from data_adapters.config_types import ConfigType
     from data_adapters.lerobot_format import fingerprint, read_meta
@@ -121,29 +164,44 @@ def compute_norm_stats(
         "min_scale": min_scale,
         "max_abs_normalized": max_abs_normalized,
     }
-    # The key needs only the fingerprint (meta files + data file sizes), so a hit reads no data at all.
-    dataset_fingerprint = fingerprint(root)
-    wanted = "all" if episodes is None else sorted({int(e) for e in episodes})
-    key = cache_key({**settings, "fingerprint": dataset_fingerprint, "episodes": wanted})
-    cached = cache_dir_for("norm_stats", cache_dir) / f"{key}.json"
-    if use_cache and cached.is_file():
-        log.info("norm stats: cache hit %s", cached)
-        if out_path is not None:
-            atomic_copy(cached, out_path)
-        return NormStats.load(cached)
-
     meta = read_meta(root)
     _check_numeric_schema(cfg, meta)
     selected = meta.select(episodes)
     episode_ids = [ep.index for ep in selected]
+    checked = (
+        [ep for ep in meta.select(check_episodes) if ep.index not in set(episode_ids)]
+        if check_episodes
+        else []
+    )
+    wanted = "all" if episodes is None else episode_ids
+    dataset_fingerprint = fingerprint(root)
+    cache = cache_dir_for("norm_stats", cache_dir)
+    scope = {**settings, "episodes": wanted, "checked": [ep.index for ep in checked]}
+    source_key = cache_key({**scope, "fingerprint": dataset_fingerprint,
+                            "source": _source_identity(root, [*selected, *checked], revision)})  # fmt: skip
+    if use_cache:
+        stats = _cached(cache, source_key, root)
+        if stats is not None:
+            if out_path is not None:
+                atomic_write_text(out_path, _dumps(stats))
+            return stats
+
     from steps.stats.chunk_stats import compute_chunk_stats
-    from steps.stats.numeric_columns import episode_source
+    from steps.stats.numeric_columns import episode_source, read_numeric_file
 
     started = time.perf_counter()
+    digest = hashlib.blake2b(digest_size=16)
+    for rel, eps in _by_file(
+        checked
+    ).items():  # finite check of the held-out episodes (raises naming the value)
+        digest.update(
+            read_numeric_file(meta, rel, eps, list(dict.fromkeys([*cfg.state_keys, *cfg.action_keys])))
+        )
     budget = int(memory_budget_mb * (1 << 20))
     source = episode_source(meta, selected, cfg.state_keys, cfg.action_keys, keep_bytes=budget // 4)
+    source = _with_progress(source, sum(ep.length for ep in selected), progress_every_s)
     result = compute_chunk_stats(
-        source,
+        _digested(source, digest),
         [ep.length for ep in selected],
         state_dim=cfg.state_dim,
         action_dim=cfg.action_dim,
@@ -176,6 +234,8 @@ def compute_norm_stats(
         "dataset": {
             "root": str(root.resolve()),
             "fingerprint": dataset_fingerprint,
+            "content_digest": digest.hexdigest(),
+            "revision": revision,
             "codebase_version": meta.version,
         },
         "episodes": episode_ids,
@@ -188,14 +248,66 @@ def compute_norm_stats(
         "seconds": round(time.perf_counter() - started, 3),
         "guards": {"floored": floored},
         "report": report,
-        "cache_key": key,
+        "cache_key": cache_key({**scope, "content": digest.hexdigest()}),
     }
     stats = NormStats(state=blocks["state"], actions=blocks["actions"], metadata=metadata)
     text = _dumps(stats)
-    atomic_write_text(cached, text)
+    # The result first, then the index entry that points to it: a reader never follows a dangling entry.
+    atomic_write_text(cache / f"{metadata['cache_key']}.json", text)
+    atomic_write_text(
+        cache / "index" / f"{source_key}.json", json.dumps({"result": f"{metadata['cache_key']}.json"})
+    )
     if out_path is not None:
         atomic_write_text(out_path, text)
     return stats
+
+
+def _source_identity(root: Path, episodes, revision: str | None) -> dict:
+    """What a cached result is trusted for without reading data: a Hub commit, else each data file's identity."""
+    if revision is not None:
+        return {"hub_revision": revision}
+    from data_adapters.file_identity import file_identity
+
+    return {rel: file_identity(root / rel) for rel in sorted({ep.data_path for ep in episodes})}
+
+
+def _cached(cache: Path, source_key: str, root: Path):
+    """The stored result for this source (its metadata naming ``root``), or None."""
+    from data_adapters.normalization import NormStats
+
+    try:
+        entry = json.loads((cache / "index" / f"{source_key}.json").read_text())
+        stats = NormStats.load(cache / entry["result"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no entry, or one whose result was removed: recompute
+    log.info("norm stats: cache hit %s", cache / entry["result"])
+    if isinstance(stats.metadata.get("dataset"), dict):
+        stats.metadata["dataset"]["root"] = str(root.resolve())
+    return stats
+
+
+def _by_file(episodes) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for ep in episodes:
+        out.setdefault(ep.data_path, []).append(ep)
+    return out
+
+
+def _digested(source, digest):
+    """``source`` (a re-iterable of Episodes runs) that feeds each run's values to ``digest`` once, in the
+    order first read, however many passes the statistics make."""
+    seen: set[int] = set()
+
+    def read():
+        for run in source():
+            first = int(run.indices[0])
+            if first not in seen:
+                seen.add(first)
+                for part in (run.indices, run.lengths, run.state, run.actions):
+                    digest.update(np.ascontiguousarray(part))
+            yield run
+
+    return read
 
 
 def _check_numeric_schema(cfg, meta) -> None:
@@ -297,8 +409,6 @@ def _report(dims, stats, labels, mode: str) -> list[dict]:
 
 
 def _dumps(stats) -> str:
-    import json
-
     return json.dumps(stats.to_json_dict(), indent=2)
 
 

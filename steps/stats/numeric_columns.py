@@ -82,7 +82,7 @@ def read_numeric_file(meta, rel: str, episodes, keys: Sequence[str]) -> np.ndarr
 
     path = meta.root / rel
     names = ", ".join(str(ep.index) for ep in episodes[:5]) + (", ..." if len(episodes) > 5 else "")
-    where = f"episodes {names}"
+    where = f"episode {names}" if len(episodes) == 1 else f"episodes {names}"
     if not path.is_file():
         raise DatasetFormatError(f"missing data file {path} ({where})")
     try:

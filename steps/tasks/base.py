@@ -61,6 +61,14 @@ class RunTask:
         raise NotImplementedError
 
     # --- shared -----------------------------------------------------------------------------------
+    def log_dataset(self, fetched: dict, who: RunIdentity) -> None:
+        """The fetched dataset as the MLflow run's training input (name, fingerprint, source, revision)."""
+        from steps.registry.run_metadata import log_dataset_input
+        from steps.registry.tracking import configure_mlflow_env
+
+        configure_mlflow_env()
+        log_dataset_input(who.tracking_uri, who.mlflow_run_id, fetched)
+
     def lineage_tags(self, who: RunIdentity, fetched: dict) -> dict[str, str]:
         from steps.registry.register import lineage_tags
 

@@ -21,6 +21,7 @@ class TextTask(RunTask):
     def compute_stats(self, fetched: dict, *, out_path: str | os.PathLike, who: RunIdentity) -> dict:
         from steps.text.flow_steps import compute_text_run_stats
 
+        self.log_dataset(fetched, who)
         return compute_text_run_stats(self.rc, fetched, out_path=out_path, tracking_uri=who.tracking_uri,
                                       run_id=who.mlflow_run_id)  # fmt: skip
 
@@ -51,11 +52,14 @@ class TextTask(RunTask):
                  metrics: dict[str, float], files: dict[str, bytes], final_step: int) -> dict[str, Any]:  # fmt: skip
         from steps.registry import register
         from steps.text.flow_steps import text_registry_folder
+        from steps.text.model_logging import write_text_model_card
         from steps.train.launch import local_export
 
-        folder = text_registry_folder(local_export(export_uri, workdir), workdir)
+        export_dir, tags = local_export(export_uri, workdir), self.lineage_tags(who, fetched)
+        write_text_model_card(export_dir, metrics=metrics, lineage=tags)
+        folder = text_registry_folder(export_dir, workdir)
         version = register.register_model(who.tracking_uri, name=self.rc.model_name, model_dir=folder,
-                                          run_id=who.mlflow_run_id, lineage_id=who.lineage_id,
-                                          tags=self.lineage_tags(who, fetched), metrics=metrics)  # fmt: skip
+                                          run_id=who.mlflow_run_id, lineage_id=who.lineage_id, tags=tags,
+                                          metrics=metrics)  # fmt: skip
         register.close_run(who, metrics=metrics, files=files, final_step=final_step)
         return version.to_dict()

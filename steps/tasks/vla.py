@@ -21,9 +21,12 @@ class VlaTask(RunTask):
     def compute_stats(self, fetched: dict, *, out_path: str | os.PathLike, who: RunIdentity) -> dict:
         from steps.stats.norm_stats import compute_norm_stats
 
-        stats = compute_norm_stats(
-            self.rc.config_type, fetched["path"], fetched["train_episodes"], out_path=out_path
-        )
+        # The held-out episodes are checked too (every episode before training); a Hub snapshot is
+        # trusted by its commit, a local or S3 folder by its files' identities.
+        revision = fetched["revision"] if fetched["source"] == "hub" else None
+        stats = compute_norm_stats(self.rc.config_type, fetched["path"], fetched["train_episodes"],
+                                   check_episodes=fetched["val_episodes"], revision=revision, out_path=out_path)  # fmt: skip
+        self.log_dataset(fetched, who)  # the first step that talks to MLflow after fetch_data
         return stats.to_json_dict()
 
     def node_inputs(self, fetched: dict, norm_stats: dict, tokenizer_model: bytes,
@@ -47,7 +50,8 @@ class VlaTask(RunTask):
         result = evaluate_export(local_export(export_uri, workdir), node_dataset_root(self.rc, fetched),
                                  fetched["val_episodes"], max_samples=ev.samples, out_dir=workdir / "outputs",
                                  device=self.rc.eval_device, sim_episodes=ev.sim_episodes,
-                                 sim_max_steps=ev.sim_max_steps, sim_tasks=ev.sim_tasks)  # fmt: skip
+                                 sim_max_steps=ev.sim_max_steps, sim_tasks=ev.sim_tasks,
+                                 sim_suite=ev.sim_suite, sim_workers=ev.sim_workers)  # fmt: skip
         # Logged to MLflow by register, with the version's tags: evaluate then never imports MLflow (~3 s of
         # import and store set-up). The plots and rollout media are a few MB.
         files = {name: Path(path).read_bytes() for name, path in result.artifacts.items()}

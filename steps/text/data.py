@@ -41,8 +41,11 @@ def locate(source: str, *, revision: str | None = None) -> tuple[Path, str | Non
         raise ValueError(f"dataset: {source} does not exist (a local file/folder or a Hub id org/name)")
     from huggingface_hub import snapshot_download
 
+    from steps.progress import hub_progress_class
+
     path = Path(snapshot_download(repo_id=source, repo_type="dataset", revision=revision,
-                                  allow_patterns=["*.jsonl", "*.json", "*.parquet"]))  # fmt: skip
+                                  allow_patterns=["*.jsonl", "*.json", "*.parquet"],
+                                  tqdm_class=hub_progress_class()))  # fmt: skip
     return path, path.name
 
 

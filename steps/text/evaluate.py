@@ -39,11 +39,14 @@ def evaluate_text_export(
     num_completions: int = 3,
     max_new_tokens: int = 32,
     device: str = "cpu",
+    progress_every_s: float | None = None,
 ):
+    """``progress_every_s``: a progress line at most this often (default 10 s, ``steps.progress``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from steps.evaluate.export_eval import EvalResult
+    from steps.progress import DEFAULT_EVERY_S, Progress
     from steps.text import data as text_data
     from steps.text.train_task import causal_lm_loss_sum
     from steps.train.data_loader import evenly_spaced
@@ -63,6 +66,8 @@ def evaluate_text_export(
                                        source=dataset)  # fmt: skip
     collate = text_data.TextCollator(tokenizer.pad_token_id)
     total, count = 0.0, 0.0
+    every = DEFAULT_EVERY_S if progress_every_s is None else progress_every_s
+    progress = Progress("offline eval", len(examples), unit="rows", every_s=every)
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             items = [
@@ -71,8 +76,11 @@ def evaluate_text_export(
             batch = {k: v.to(device) for k, v in collate(items).items()}
             loss, n = causal_lm_loss_sum(model, batch)
             total, count = total + float(loss), count + n
+            progress.advance(len(items))
     val_loss = total / max(count, 1.0)
+    progress.finish(f"val_loss {val_loss:.4f}")
     completions = []
+    sampled = Progress("completions", len(chosen[:num_completions]), unit="rows", every_s=every)
     for r in chosen[:num_completions]:
         prompt, reference = prompt_and_reference(tokenizer, all_rows[r])
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
@@ -81,6 +89,7 @@ def evaluate_text_export(
                                  pad_token_id=tokenizer.pad_token_id)  # fmt: skip
         text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
         completions.append({"row": r, "prompt": prompt, "reference": reference, "completion": text})
+        sampled.advance(1)
     metrics = {"val_loss": val_loss, "perplexity": math.exp(min(val_loss, 50.0)), "val_tokens": count,
                "val_samples": float(len(examples))}  # fmt: skip
     return EvalResult(metrics=metrics, num_samples=len(examples), episodes=chosen,

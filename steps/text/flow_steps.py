@@ -44,19 +44,26 @@ def _local(value: str) -> Path:
 
 
 def check_text_inputs(
-    ct, *, dataset: str | None, pretrained: str | None, tokenizer: str | None
+    ct, *, dataset: str | None, pretrained: str | None, tokenizer: str | None, demo: bool = False
 ) -> dict[str, Any]:
     """The text run's model, dataset and tokenizer, resolved; ValueError with one line naming the option.
 
+    With ``demo`` and no model (``--pretrained`` or the config type's), the tiny demo model
+    (``steps.text.demo``); with ``demo`` and no dataset, the shipped chat rows.
     Returns ``{"model", "dataset", "dataset_kind", "tokenizer"}`` (local paths made absolute).
     """
-    model = pretrained or ct.model
+    from steps.text.demo import DEMO_DATASET, DEMO_MODEL, DEMO_ROWS
+
+    model = pretrained or ct.model or (DEMO_MODEL if demo else None)
     if not model:
         raise ValueError(
-            f"--pretrained: config type {ct.name!r} names no model: pass a Hub id or a local folder"
+            f"--pretrained: config type {ct.name!r} names no model: pass a Hub id or a local folder "
+            "(or --demo for the built-in tiny model)"
         )
     option = "--pretrained" if pretrained else "model (config type)"
-    if _looks_local(model):
+    if model == DEMO_MODEL:
+        pass  # built locally when first loaded
+    elif _looks_local(model):
         path = _local(model)
         if not (path / "config.json").is_file():
             raise ValueError(f"{option}: {path} is not a Hugging Face model folder (no config.json)")
@@ -69,9 +76,12 @@ def check_text_inputs(
     if not ct.val_fraction > 0:
         raise ValueError(f"val_fraction: config type {ct.name!r} holds out no rows; the flow evaluates on them "
                          "(set val_fraction > 0)")  # fmt: skip
-    source = dataset or ct.dataset_id
+    source = dataset or ct.dataset_id or (DEMO_DATASET if demo else None)
     if not source:
         raise ValueError(f"--dataset: required for config type {ct.name!r} ({ct.dataset_hint})")
+    if source == DEMO_DATASET:
+        check_rows_fields(DEMO_ROWS)
+        return {"model": model, "dataset": source, "dataset_kind": "demo", "tokenizer": tok}
     if not _looks_local(source):
         return {"model": model, "dataset": source, "dataset_kind": "hub", "tokenizer": tok}
     path = _local(source)
@@ -127,7 +137,7 @@ class TextFetchResult:
     val_episodes: list[int]
     dataset_id: str
     revision: str | None
-    source: str  # "local" | "hub"
+    source: str  # "local" | "hub" | "demo"
     fingerprint: str  # hash of the rows' content
     num_rows: int
     version: str = "text"
@@ -139,15 +149,17 @@ class TextFetchResult:
 def fetch_text_dataset(rc) -> TextFetchResult:
     """All rows of the run config's dataset, split deterministically into train / validation row indices."""
     from steps.text import data as text_data
+    from steps.text.demo import resolve_dataset
 
     ct, data = rc.config_type, rc.data
+    source = resolve_dataset(data.dataset)  # the demo id -> the shipped rows file
     # A Hub branch or tag is pinned to the commit read here: stats, training and evaluation read that commit
     # (and lineage records it), even if the branch moves during the run.
-    path, commit = text_data.locate(data.dataset, revision=data.dataset_revision or ct.dataset_revision)
-    rows = text_data.read_rows(path, data.dataset)
-    text_data.row_format(rows, data.dataset)
+    path, commit = text_data.locate(source, revision=data.dataset_revision or ct.dataset_revision)
+    rows = text_data.read_rows(path, source)
+    text_data.row_format(rows, source)
     train, val = text_data.split_rows(len(rows), ct.val_fraction, SPLIT_SEED)
-    return TextFetchResult(path=data.dataset, train_episodes=train, val_episodes=val, dataset_id=data.dataset,
+    return TextFetchResult(path=source, train_episodes=train, val_episodes=val, dataset_id=data.dataset,
                            revision=commit, source=data.dataset_kind, fingerprint=_rows_fingerprint(rows),
                            num_rows=len(rows))  # fmt: skip
 

@@ -4,14 +4,16 @@ MLflow runs this file to build the model (no pickle). The artifact ``export`` is
 (``save_pretrained`` folder, safetensors). Input: a DataFrame (or list of dicts / a dict) with a
 ``prompt`` column (str) or a ``messages`` column (chat list, rendered with the tokenizer's chat
 template); params ``max_new_tokens`` (default 64), ``temperature`` (0 = greedy). Output: one generated
-string per row. Only mlflow, torch and transformers are imported (no project code needed to serve).
+string per row. Only mlflow, pandas, torch and transformers are imported (no project code needed to serve).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 
@@ -25,7 +27,9 @@ class TextGenerationModel(PythonModel):
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
 
-    def predict(self, context, model_input, params=None) -> list[str]:
+    # Type hints: MLflow warns on every load without them; with pd.DataFrame it derives no schema and leaves
+    # the input as given (rows may also come as a dict or a list of dicts, handled below).
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
         import torch
 
         params = dict(params or {})

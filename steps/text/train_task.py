@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 from steps.train.config import TrainConfig
@@ -32,10 +33,12 @@ TEXT_STATS_FILE = "text_stats.json"
 
 
 def model_source(cfg: TrainConfig, ct) -> str:
+    from steps.text.demo import resolve_model_source
+
     source = cfg.pretrained or ct.model
     if not source:
         raise ValueError("pretrained: no model given (the config type names none): pass a Hub id or folder")
-    return source
+    return resolve_model_source(source)  # the --demo model: its locally built folder
 
 
 def tokenizer_source(cfg: TrainConfig, ct) -> str:
@@ -45,6 +48,9 @@ def tokenizer_source(cfg: TrainConfig, ct) -> str:
 def load_tokenizer(source: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
+    from steps.text.demo import resolve_model_source
+
+    source = resolve_model_source(source)
     try:
         tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as exc:
@@ -157,7 +163,13 @@ class TextTask:
             lora = cfg.lora
             settings = LoraConfig(r=lora.rank, lora_alpha=lora.alpha or lora.rank, lora_dropout=lora.dropout,
                                   target_modules=lora_targets(model, ct), task_type="CAUSAL_LM")  # fmt: skip
-            model = get_peft_model(model, settings)
+            with warnings.catch_warnings():
+                # peft reads transformers' deprecated `is_gradient_checkpointing` (transformers 5 warns on every
+                # LoRA run); peft's to fix, nothing a user can act on.
+                warnings.filterwarnings(
+                    "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+                )
+                model = get_peft_model(model, settings)
         model.train()
         return model
 
@@ -213,7 +225,7 @@ class TextTask:
             cfg.to_json(folder / "train_config.json")
             (folder / "config_type.json").write_text(json.dumps(self.ct.to_dict(), indent=2) + "\n")
             meta = {"format": "vla-sft export v1", "kind": "text", "config_type": self.ct.name,
-                    "model_type": "causal_lm", "base_model": model_source(cfg, self.ct), "step": step,
+                    "model_type": "causal_lm", "base_model": cfg.pretrained or self.ct.model, "step": step,
                     "weights_from": source, "ema": ema_weights is not None, "finetune": "lora" if lora else "full",
                     "adapter": "adapter" if lora else None, "text_stats": TEXT_STATS_FILE}  # fmt: skip
             (folder / EXPORT_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -91,9 +91,11 @@ def build_train_config(
     export_dir: str,
     metrics_file: str | None,
     tracking_uri: str | None,
+    announce: bool = True,
 ) -> TrainConfig:
     """The run's TrainConfig: the run config's overrides over the config type's preset, then
-    ``--train_options``. ``rc`` is the run's ``steps.config.run_config.RunConfig``."""
+    ``--train_options``. ``rc`` is the run's ``steps.config.run_config.RunConfig``; ``announce`` False
+    leaves fault injection out (``start`` builds a trial copy only to validate it)."""
     fields: dict[str, Any] = {
         "config_type": rc.config_type,
         "dataset_root": inputs.dataset_root,
@@ -122,7 +124,7 @@ def build_train_config(
         fields["save_every"] = fields["val_every"] = max(1, max_steps // 4)
     fields.update(rc.train.options)
     fault = os.environ.get(FAULT_ENV)
-    if fault:
+    if fault and announce:
         fields["fail_after_step"] = int(fault)
         print(
             f"{FAULT_ENV}={fault}: training will kill itself after the checkpoint of step {fault}",

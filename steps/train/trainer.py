@@ -453,9 +453,14 @@ class Trainer:
         export_dir = cfg.export_dir or train_setup.default_export_dir(cfg)
         model, ema_weights = self._gather_for_export()
         if self.ctx.is_main:
-            self.task.write_export(
-                model, export_dir, step=source_step, source=source, ema_weights=ema_weights
-            )
+            from steps.progress import stage
+
+            with stage(
+                "export", f"writing the model of step {source_step} ({source} weights) to {export_dir}"
+            ):
+                self.task.write_export(
+                    model, export_dir, step=source_step, source=source, ema_weights=ema_weights
+                )
             if cfg.checkpoint_dir.startswith("s3://") and cfg.export_dir is None:
                 print(f"export written to local {export_dir} (checkpoint_dir is on S3)", file=sys.stderr)
         D.barrier(self.ctx)

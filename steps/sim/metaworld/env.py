@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from steps.sim.base import import_triton_before_mesa
 from steps.sim.metaworld.tasks import check_task_names, task_string
 
 CAMERA = "corner4"
@@ -53,19 +54,6 @@ def configure_headless_gl(backend: str | None = None) -> str:
         return active
     os.environ["MUJOCO_GL"] = chosen
     return chosen
-
-
-def _import_triton_before_mesa() -> None:
-    """Import triton (shipped with Linux builds of torch) before Mesa starts its software renderer.
-
-    Mesa's llvmpipe (EGL and OSMesa alike) loads the system libLLVM; importing triton after that
-    segfaults the process (Mesa 22.3 / LLVM 15 with triton 3.8), and torch imports triton lazily, e.g.
-    the first time a model is built under a device context. In the other order both work.
-    """
-    import importlib.util
-
-    if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
-        import triton  # noqa: F401
 
 
 @dataclass
@@ -112,7 +100,7 @@ class MetaworldEnv:
             raise ValueError(f"camera: {camera!r} is not a camera of {task}")
         self._renderer = None
         if resolution is not None:
-            _import_triton_before_mesa()
+            import_triton_before_mesa()
             vis = env.model.vis
             vis.quality.shadowsize = SHADOW_SIZE
             # The offscreen buffer must hold the frame (Meta-World's XML allows 640x480).
