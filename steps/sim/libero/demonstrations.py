@@ -94,23 +94,9 @@ class LiberoDataSpec:
 
 def parse_libero_uri(uri: str) -> LiberoDataSpec:
     """``libero://suite=libero_spatial&tasks=0,1&episodes=4&resolution=128`` -> LiberoDataSpec."""
-    if not isinstance(uri, str) or not uri.startswith(URI_SCHEME):
-        raise ValueError(f"dataset: expected a URI starting with {URI_SCHEME!r}, got {uri!r}")
-    fields = {f.name for f in dataclasses.fields(LiberoDataSpec)}
-    kwargs: dict = {}
-    for part in filter(None, uri[len(URI_SCHEME) :].split("&")):
-        key, sep, value = part.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(f"{uri}: cannot read {part!r}; expected key=value with key in {sorted(fields)}")
-        if key == "tasks":
-            kwargs[key] = tuple(t.strip() for t in value.split(",") if t.strip())
-        elif key in ("suite", "video_codec"):
-            kwargs[key] = value
-        else:
-            try:
-                kwargs[key] = int(value)
-            except ValueError:
-                raise ValueError(f"{uri}: {key} must be an integer, got {value!r}") from None
+    from steps.sim.dataset_uri import parse_query
+
+    kwargs = parse_query(uri, URI_SCHEME, LiberoDataSpec, text=("suite", "video_codec"))
     try:
         return LiberoDataSpec(**kwargs)
     except ValueError as exc:

@@ -99,23 +99,9 @@ class ManiskillDataSpec:
 
 def parse_maniskill_uri(uri: str) -> ManiskillDataSpec:
     """``maniskill://tasks=PickCube-v1,StackCube-v1&episodes=3&resolution=128`` -> ManiskillDataSpec."""
-    if not isinstance(uri, str) or not uri.startswith(URI_SCHEME):
-        raise ValueError(f"dataset: expected a URI starting with {URI_SCHEME!r}, got {uri!r}")
-    fields = {f.name for f in dataclasses.fields(ManiskillDataSpec)}
-    kwargs: dict = {}
-    for part in filter(None, uri[len(URI_SCHEME) :].split("&")):
-        key, sep, value = part.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(f"{uri}: cannot read {part!r}; expected key=value with key in {sorted(fields)}")
-        if key == "tasks":
-            kwargs[key] = tuple(t.strip() for t in value.split(",") if t.strip())
-        elif key in ("image_storage", "video_codec"):
-            kwargs[key] = value
-        else:
-            try:
-                kwargs[key] = int(value)
-            except ValueError:
-                raise ValueError(f"{uri}: {key} must be an integer, got {value!r}") from None
+    from steps.sim.dataset_uri import parse_query
+
+    kwargs = parse_query(uri, URI_SCHEME, ManiskillDataSpec, text=("image_storage", "video_codec"))
     if "tasks" not in kwargs:
         raise ValueError(f"{uri}: missing tasks=..., e.g. {URI_SCHEME}tasks=PickCube-v1&episodes=5")
     try:

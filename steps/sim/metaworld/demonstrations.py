@@ -94,27 +94,11 @@ class MetaworldDataSpec:
 
 def parse_metaworld_uri(uri: str) -> MetaworldDataSpec:
     """`metaworld://tasks=reach-v3,button-press-v3&episodes=3&resolution=128` -> MetaworldDataSpec."""
-    if not isinstance(uri, str) or not uri.startswith(URI_SCHEME):
-        raise ValueError(f"dataset: expected a URI starting with {URI_SCHEME!r}, got {uri!r}")
-    fields = {f.name: f for f in dataclasses.fields(MetaworldDataSpec)}
-    kwargs: dict = {}
-    for part in filter(None, uri[len(URI_SCHEME) :].split("&")):
-        key, sep, value = part.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(f"{uri}: cannot read {part!r}; expected key=value with key in {sorted(fields)}")
-        if key == "tasks":
-            kwargs[key] = tuple(t.strip() for t in value.split(",") if t.strip())
-        elif key == "keep_failed":
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"{uri}: keep_failed must be true or false, got {value!r}")
-            kwargs[key] = value.lower() in ("true", "1")
-        elif key in ("image_storage", "video_codec"):
-            kwargs[key] = value
-        else:
-            try:
-                kwargs[key] = int(value)
-            except ValueError:
-                raise ValueError(f"{uri}: {key} must be an integer, got {value!r}") from None
+    from steps.sim.dataset_uri import parse_query
+
+    kwargs = parse_query(
+        uri, URI_SCHEME, MetaworldDataSpec, text=("image_storage", "video_codec"), flags=("keep_failed",)
+    )
     if "tasks" not in kwargs:
         raise ValueError(f"{uri}: missing tasks=..., e.g. {URI_SCHEME}tasks=reach-v3,push-v3&episodes=3")
     return MetaworldDataSpec(**kwargs)
