@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -37,6 +38,41 @@ def _wait_for(predicate, timeout_s: float, what: str, proc=None):
             raise AssertionError(f"the flow ended before {what}: {proc.stdout.read()[-4000:]}")
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class _Output:
+    """A flow's combined output read line by line in a thread, so a test can act when a line shows up."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.lines = proc, []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append("")  # end of output
+            self._cond.notify_all()
+
+    def wait_for(self, *needles: str, timeout_s: float) -> None:
+        """Until a line holds every one of ``needles`` (AssertionError when the output ends first)."""
+
+        def seen() -> bool:
+            return any(all(n in x for n in needles) for x in self.lines)
+
+        with self._cond:
+            self._cond.wait_for(lambda: seen() or self.lines[-1:] == [""], timeout_s)
+            if not seen():
+                raise AssertionError(f"no line with {needles} in the output: {''.join(self.lines)[-4000:]}")
+
+    def text(self) -> str:
+        """Everything the process printed (call after it ended to have all of it)."""
+        self._reader.join(timeout=30)
+        return "".join(self.lines)
 
 
 def _first_mlflow_run(client, experiment: str = "vla-sft"):
@@ -155,8 +191,8 @@ def test_killed_during_an_outage_then_resumed_with_credentials_that_never_leak(t
     """A basic-auth tracking server (credentials from MLFLOW_TRACKING_USERNAME / _PASSWORD); a URI carrying
     the password is refused in start, no credentials fail start with one line. Then:
 
-    1. the server goes away during training and training is killed (SIGKILL after the step-9 checkpoint)
-       while it is away;
+    1. the server goes away as the train task starts and training is killed (SIGKILL after the step-9
+       checkpoint) while it is away;
     2. `resume` with the server still away: training continues from step 9 to 12, waits mlflow_wait_s (5 s)
        for the server, then fails with one line naming the URI;
     3. `resume` with the server back: nothing is trained again (resumed from step 12), the points the two
@@ -191,20 +227,25 @@ def test_killed_during_an_outage_then_resumed_with_credentials_that_never_leak(t
                                     text=True)  # fmt: skip
             os.environ.update(creds)  # the test's own client reads the server too
             client = MlflowClient(direct)
+            output = _Output(proc)
             try:
-                run = _wait_for(lambda: _first_mlflow_run(client), 300, "the MLflow run", proc)
-                _wait_for(lambda: _train_steps(client, run.info.run_id), 600, "the first training step", proc)
+                # The server goes away as the train task starts: no training step can reach it before the
+                # kill, however fast this machine trains (waiting for a first step in MLflow raced a fast
+                # trainer that sent all of steps 1-9 before the proxy went down).
+                output.wait_for("/train/", "Task is starting", timeout_s=600)
                 proxy.down()
-                out, _ = proc.communicate(timeout=1200)  # killed after step 9, with the server away
+                proc.wait(timeout=1200)  # killed after step 9, with the server away
             finally:
                 if proc.poll() is None:
                     proc.kill()
+            out = output.text()
             logs.append(out)
             assert proc.returncode != 0
             assert "does not answer" in out, out[-4000:]
             first = inspect_run(tmp_path)
             assert first["steps"].get("train") is False
-            assert max(_train_steps(client, run.info.run_id)) < 9  # the killed process could not send them
+            run = _first_mlflow_run(client)
+            assert _train_steps(client, run.info.run_id) == []  # the killed process could send none of them
             assert client.get_run(run.info.run_id).info.status == "RUNNING"  # nobody could tell the server
 
             resume_env = flow_env(tmp_path, MLFLOW_TRACKING_URI=proxy.url, **creds)
