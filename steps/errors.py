@@ -8,7 +8,8 @@ retry (``is_user_error`` is what a retry policy asks).
 
 What counts (checked by class, without importing the modules that define them):
 
-- ``steps.errors.UserError`` and its subclasses (``steps.config.validate.InputError``);
+- ``steps.errors.UserError`` and its subclasses (``steps.config.validate.InputError``,
+  ``steps.text.data.TextDatasetError`` for text rows);
 - ``data_adapters.lerobot_format.DatasetFormatError`` (a dataset on disk that is not what it claims);
 - ``data_adapters.video.VideoDecodeError`` (a video that cannot be opened or lacks a frame);
 - ``model_zoo.hub.CheckpointError`` (weights that cannot be read or do not fit the model);

@@ -90,6 +90,54 @@ def test_bad_text_dataset_fails_in_start(assets, tmp_path):
     assert "/fetch_data/" not in out and "Traceback" not in out
 
 
+def test_a_bad_row_past_what_start_reads_fails_in_one_line_before_training(assets, tmp_path):
+    """start reads the first 50 rows; row 60 without fields is found when the rows are tokenized (before any
+    model is built: fetch_data reads every row) and shown like start's errors: 'Dataset error' and one line
+    naming the file and row, no traceback, and no later step ran."""
+    rows = [*chat_rows(60), {"text": "no chat here"}]
+    data = write_jsonl(tmp_path / "late_bad.jsonl", rows)
+    root = tmp_path / "run"
+    root.mkdir()
+    proc = subprocess.run([sys.executable, str(FLOW), "run", "--config_type", str(assets["yaml"]), "--demo",
+                           "--dataset", str(data)], cwd=root, env=flow_env(root), capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-2000:]
+    assert "Dataset error:" in out, out[-3000:]
+    expected = f"dataset: {data} row 60 has no field(s) ['messages']: expected 'messages' (chat)"
+    assert [line for line in out.splitlines() if "/fetch_data/" in line and expected in line], out[-3000:]
+    (kept,) = (root / "cache" / "errors").rglob("fetch_data-*.txt")  # the traceback, for whoever wants it
+    assert "TextDatasetError" in kept.read_text()
+    assert "Traceback" not in out and "Internal error" not in out, out[-3000:]
+    assert "/fetch_data/" in out and "/compute_norm_stats/" not in out and "/train/" not in out
+
+
+def test_text_dataset_files_that_cannot_be_read_name_the_file(tmp_path):
+    """A parquet file cut short, a .json file and a .jsonl line that are not JSON: a user error
+    ('Dataset error') naming the file (and line), not a pyarrow / json traceback."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from steps import errors
+    from steps.text.data import TextDatasetError, load_rows
+
+    good = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"prompt": ["a"] * 100, "completion": ["b"] * 100}), good)
+    assert len(load_rows(str(good))) == 100
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    broken_json = tmp_path / "rows.json"
+    broken_json.write_text('[{"prompt": "a", ')
+    broken_line = tmp_path / "rows.jsonl"
+    broken_line.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": \n')
+    for path, match in ((cut, rf"dataset: {cut} cannot be read as parquet: "),
+                        (broken_json, rf"dataset: {broken_json} is not valid JSON"),
+                        (broken_line, rf"dataset: {broken_line} line 2 is not valid JSON")):  # fmt: skip
+        with pytest.raises(TextDatasetError, match=match) as info:
+            load_rows(str(path))
+        assert errors.is_user_error(info.value) and errors.headline(info.value) == "Dataset error"
+
+
 # --- end to end (slow) -------------------------------------------------------------------------------
 
 

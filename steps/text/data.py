@@ -7,7 +7,11 @@ Rows are either chat (``messages``: a list of ``{"role", "content"}``) or ``prom
   starts) and including it (where it ends); the text is cut at those offsets and each piece tokenized on
   its own, so the labels are exactly the assistant tokens (-100 elsewhere).
 - Prompt/completion rows: ``[bos] prompt`` masked, ``completion [eos]`` learned.
-- Longer than ``max_seq_len``: cut when ``truncation`` is on, else a ValueError naming the row.
+- Longer than ``max_seq_len``: cut when ``truncation`` is on, else an error naming the row.
+
+A dataset that cannot be used as it is raises ``TextDatasetError`` (a user error: every step shows it as
+"Dataset error" and one line naming the file, line or row, never a traceback); a tokenizer that cannot
+render the rows raises ``UserError`` naming the tokenizer.
 - ``packing`` concatenates rows (in order) into sequences of at most ``max_seq_len`` tokens.
 
 The train / validation split is a seeded permutation of row indices (``split_rows``); the trainer's
@@ -22,10 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steps.errors import UserError, one_line
+
 IGNORE = -100
 CHAT_FIELDS = ("messages",)
 PROMPT_FIELDS = ("prompt", "completion")
 _SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+class TextDatasetError(UserError):
+    """A text dataset that is not what it claims (the message names the file, line or row)."""
+
+    headline = "Dataset error"
 
 
 def locate(source: str, *, revision: str | None = None) -> tuple[Path, str | None]:
@@ -38,7 +50,7 @@ def locate(source: str, *, revision: str | None = None) -> tuple[Path, str | Non
     if path.exists():
         return path, None
     if source.startswith(("/", ".", "~")) or source.count("/") != 1:
-        raise ValueError(f"dataset: {source} does not exist (a local file/folder or a Hub id org/name)")
+        raise TextDatasetError(f"dataset: {source} does not exist (a local file/folder or a Hub id org/name)")
     from huggingface_hub import snapshot_download
 
     from steps.progress import hub_progress_class
@@ -61,15 +73,22 @@ def read_rows(path: Path, source: str, *, split: str = "train") -> list[dict[str
         named = [p for p in files if split in p.relative_to(path).as_posix()]
         files = named or files
     if not files:
-        raise ValueError(f"dataset: {source} has no .jsonl, .json or .parquet files")
+        raise TextDatasetError(f"dataset: {source} has no .jsonl, .json or .parquet files")
     rows: list[dict[str, Any]] = []
     for file in files:
         if file.suffix == ".parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            rows += pq.read_table(file).to_pylist()
+            try:
+                rows += pq.read_table(file).to_pylist()
+            except (pa.ArrowException, OSError) as err:  # cut short, not parquet at all, unreadable
+                raise TextDatasetError(f"dataset: {file} cannot be read as parquet: {one_line(err)}") from err
         elif file.suffix == ".json":
-            data = json.loads(file.read_text())
+            try:
+                data = json.loads(file.read_text())
+            except json.JSONDecodeError as err:
+                raise TextDatasetError(f"dataset: {file} is not valid JSON: {err}") from None
             rows += data if isinstance(data, list) else [data]
         else:
             for n, line in enumerate(file.read_text().splitlines(), 1):
@@ -77,9 +96,9 @@ def read_rows(path: Path, source: str, *, split: str = "train") -> list[dict[str
                     try:
                         rows.append(json.loads(line))
                     except json.JSONDecodeError as err:
-                        raise ValueError(f"dataset: {file} line {n} is not valid JSON: {err}") from None
+                        raise TextDatasetError(f"dataset: {file} line {n} is not valid JSON: {err}") from None
     if not rows:
-        raise ValueError(f"dataset: {source} has no rows")
+        raise TextDatasetError(f"dataset: {source} has no rows")
     return rows
 
 
@@ -92,7 +111,7 @@ def row_format(rows: Sequence[dict], source: str = "dataset") -> str:
         missing = [f for f in needed if not isinstance(row, dict) or f not in row]
         if missing:
             have = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise ValueError(
+            raise TextDatasetError(
                 f"dataset: {source} row {i} has no field(s) {missing}: expected 'messages' (chat) or "
                 f"'prompt' and 'completion'; the row has {have}"
             )
@@ -104,7 +123,7 @@ def split_rows(num_rows: int, val_fraction: float, seed: int) -> tuple[list[int]
     import numpy as np
 
     if num_rows < 1:
-        raise ValueError("dataset: no rows to split")
+        raise TextDatasetError("dataset: no rows to split")
     n_val = min(int(round(num_rows * val_fraction)), num_rows - 1)
     if val_fraction > 0 and num_rows > 1:
         n_val = max(n_val, 1)
@@ -129,13 +148,13 @@ def _render(tokenizer, messages, **kwargs) -> str:
 def encode_chat(tokenizer, messages: Sequence[dict], *, row: int, source: str) -> Example:
     """Chat template rendering with labels only on assistant turns (exact, by text offsets)."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
+        raise UserError(
             f"tokenizer: has no chat template, but {source} has chat rows ('messages'); use a tokenizer with "
             "a chat_template, or prompt/completion rows"
         )
     for m in messages:
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(
+            raise TextDatasetError(
                 f"dataset: {source} row {row}: each message needs 'role' and 'content', got {m!r}"
             )
     full = _render(tokenizer, messages)
@@ -146,7 +165,7 @@ def encode_chat(tokenizer, messages: Sequence[dict], *, row: int, source: str) -
         start = len(_render(tokenizer, messages[:i], add_generation_prompt=True)) if i else 0
         end_text = _render(tokenizer, messages[: i + 1])
         if not full.startswith(end_text):
-            raise ValueError(
+            raise UserError(
                 f"tokenizer: the chat template does not render {source} row {row} turn by turn as a prefix of the "
                 "whole conversation, so the assistant tokens cannot be located"
             )
@@ -192,7 +211,7 @@ def tokenize_rows(
             ex = encode_prompt_completion(tokenizer, row["prompt"], row["completion"])
         if len(ex.input_ids) > max_seq_len:
             if not truncation:
-                raise ValueError(
+                raise TextDatasetError(
                     f"dataset: {source} row {i} has {len(ex.input_ids)} tokens, more than max_seq_len "
                     f"{max_seq_len}; raise max_seq_len or set truncation: true"
                 )

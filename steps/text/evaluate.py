@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from steps.errors import UserError
+
 COMPLETIONS_TABLE = "eval/completions.json"
 
 
@@ -55,7 +57,7 @@ def evaluate_text_export(
     export_dir = Path(export_dir)
     rows = [int(r) for r in rows]
     if not rows:
-        raise ValueError("rows: no held-out rows to evaluate on (raise val_fraction)")
+        raise UserError("rows: no held-out rows to evaluate on (raise val_fraction)")
     ct_dict = json.loads((export_dir / "config_type.json").read_text())
     max_len, truncation = int(ct_dict["max_seq_len"]), bool(ct_dict["truncation"])
     tokenizer = AutoTokenizer.from_pretrained(export_dir)

@@ -13,6 +13,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from steps.errors import UserError
+
 
 def compute_text_stats(
     ct,
@@ -29,7 +31,7 @@ def compute_text_stats(
 
     source = tokenizer or ct.tokenizer or ct.model
     if not source:
-        raise ValueError(
+        raise UserError(
             "tokenizer: no tokenizer or model given (pass --pretrained or set model in the config type)"
         )
     tok = load_tokenizer(source)

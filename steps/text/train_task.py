@@ -21,6 +21,8 @@ import shutil
 import warnings
 from pathlib import Path
 
+from steps.errors import UserError
+from steps.text.data import TextDatasetError
 from steps.train.config import TrainConfig
 
 # Linear layers that get LoRA adapters when the config type names none (Llama/Qwen/Mistral/Gemma, GPT-2,
@@ -37,7 +39,7 @@ def model_source(cfg: TrainConfig, ct) -> str:
 
     source = cfg.pretrained or ct.model
     if not source:
-        raise ValueError("pretrained: no model given (the config type names none): pass a Hub id or folder")
+        raise UserError("pretrained: no model given (the config type names none): pass a Hub id or folder")
     return resolve_model_source(source)  # the --demo model: its locally built folder
 
 
@@ -68,7 +70,7 @@ def lora_targets(model, ct) -> list[str]:
     names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     found = sorted(names & set(COMMON_LORA_TARGETS))
     if not found:
-        raise ValueError(f"lora: none of the usual projection names {COMMON_LORA_TARGETS} are in this model's "
+        raise UserError(f"lora: none of the usual projection names {COMMON_LORA_TARGETS} are in this model's "
                          f"linear layers {sorted(names)[:20]}; set lora_target_modules in the config type")  # fmt: skip
     return found
 
@@ -95,7 +97,7 @@ class TextTask:
             tokenizer_source(cfg, ct), ct.model_revision if not cfg.tokenizer_path else None
         )
         if Path(source).exists() and not (Path(source) / "config.json").is_file():
-            raise ValueError(f"pretrained: {source} is not a Hugging Face model folder (no config.json)")
+            raise UserError(f"pretrained: {source} is not a Hugging Face model folder (no config.json)")
         rows = text_data.load_rows(cfg.dataset_root, revision=cfg.dataset_revision or ct.dataset_revision)
         n = len(rows)
         for name, indices in (
@@ -104,7 +106,7 @@ class TextTask:
         ):
             bad = [i for i in indices if not 0 <= i < n]
             if bad:
-                raise ValueError(f"{name}: row indices {bad[:5]} are outside the dataset's {n} rows")
+                raise TextDatasetError(f"{name}: row indices {bad[:5]} are outside the dataset's {n} rows")
         train_rows = list(range(n)) if cfg.train_episodes is None else list(cfg.train_episodes)
 
         def encode(indices):
