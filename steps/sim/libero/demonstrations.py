@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,9 +83,9 @@ class LiberoDataSpec:
         return {**dataclasses.asdict(self), "tasks": list(self.tasks)}
 
     def cache_key(self) -> str:
-        payload = json.dumps({**self.to_dict(), "generator": GENERATOR_VERSION}, sort_keys=True)
-        digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
-        return f"{self.suite}-{len(self.tasks)}tasks-{self.episodes}ep-{self.resolution}px-{digest}"
+        from steps.sim.generated_cache import spec_cache_key
+
+        return spec_cache_key(self.suite, self.to_dict(), GENERATOR_VERSION)
 
 
 def parse_libero_uri(uri: str) -> LiberoDataSpec:
@@ -178,28 +174,14 @@ def generated_tasks(root: str | Path) -> list[str] | None:
 
 
 def fetch_libero(source: str | LiberoDataSpec, cache_dir: str | Path | None = None, *, log=print) -> Path:
-    """The dataset a ``libero://`` URI (or spec) names, generated once per parameter set in a staging
-    folder renamed into place (a crash leaves nothing under the key)."""
+    """The dataset a ``libero://`` URI (or spec) names, generated once per parameter set
+    (``steps.sim.generated_cache``: a crash leaves nothing under the key)."""
     from steps.cache import cache_dir_for
+    from steps.sim.generated_cache import generate_once
 
     spec = parse_libero_uri(source) if isinstance(source, str) else source
-    cache = cache_dir_for("libero_data", cache_dir)
-    target = cache / spec.cache_key()
-    if (target / META_FILE).is_file():
-        log(f"[libero] cached: {target}")
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{spec.cache_key()}-", dir=cache))
-    try:
-        generate_demonstrations(spec, staging / "dataset", log=log)
-        try:
-            os.rename(staging / "dataset", target)
-        except OSError:
-            if not (target / META_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return generate_once(cache_dir_for("libero_data", cache_dir), spec.cache_key(), META_FILE,
+                         lambda folder: generate_demonstrations(spec, folder, log=log), label="libero", log=log)  # fmt: skip
 
 
 def _versions() -> dict:

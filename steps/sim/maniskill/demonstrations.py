@@ -29,11 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,9 +88,9 @@ class ManiskillDataSpec:
         return {**dataclasses.asdict(self), "tasks": list(self.tasks)}
 
     def cache_key(self) -> str:
-        payload = json.dumps({**self.to_dict(), "generator": GENERATOR_VERSION}, sort_keys=True)
-        digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
-        return f"ms-{len(self.tasks)}tasks-{self.episodes}ep-{self.resolution}px-{digest}"
+        from steps.sim.generated_cache import spec_cache_key
+
+        return spec_cache_key("ms", self.to_dict(), GENERATOR_VERSION)
 
 
 def parse_maniskill_uri(uri: str) -> ManiskillDataSpec:
@@ -265,33 +261,21 @@ def dataset_control_mode(root: str | Path) -> str:
 def fetch_maniskill(
     source: str | ManiskillDataSpec, cache_dir: str | Path | None = None, *, log=print
 ) -> Path:
-    """The dataset a ``maniskill://`` URI (or spec) names, generated once per parameter set.
-
-    Generated in a private staging folder renamed into place: a crash leaves nothing under the key.
-    """
+    """The dataset a ``maniskill://`` URI (or spec) names, generated once per parameter set
+    (``steps.sim.generated_cache``: a crash leaves nothing under the key)."""
     from steps.cache import cache_dir_for
+    from steps.sim.generated_cache import generate_once
 
     spec = parse_maniskill_uri(source) if isinstance(source, str) else source
-    cache = cache_dir_for("maniskill", cache_dir)
-    target = cache / spec.cache_key()
-    if (target / META_FILE).is_file():
-        log(f"[maniskill] cached: {target}")
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{spec.cache_key()}-", dir=cache))
-    try:
-        meta = generate_demonstrations(spec, staging / "dataset", log=log)
+
+    def generate(folder: Path) -> None:
+        meta = generate_demonstrations(spec, folder, log=log)
         log(
             f"[maniskill] {meta['frames']} frames in {meta['seconds']} s ({meta['episodes_per_min']} episodes/min)"
         )
-        try:
-            os.rename(staging / "dataset", target)
-        except OSError:
-            if not (target / META_FILE).is_file():  # lost a race only if the winner finished
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return generate_once(cache_dir_for("maniskill", cache_dir), spec.cache_key(), META_FILE, generate,
+                         label="maniskill", log=log)  # fmt: skip
 
 
 def _versions() -> dict:

@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -87,9 +83,9 @@ class MetaworldDataSpec:
 
     def cache_key(self) -> str:
         """Readable, parameter-determined folder name."""
-        payload = json.dumps({**self.to_dict(), "generator": GENERATOR_VERSION}, sort_keys=True)
-        digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
-        return f"mt-{len(self.tasks)}tasks-{self.episodes}ep-{self.resolution}px-{digest}"
+        from steps.sim.generated_cache import spec_cache_key
+
+        return spec_cache_key("mt", self.to_dict(), GENERATOR_VERSION)
 
 
 def parse_metaworld_uri(uri: str) -> MetaworldDataSpec:
@@ -268,29 +264,14 @@ def default_cache_dir() -> Path:
 def fetch_metaworld(
     source: str | MetaworldDataSpec, cache_dir: str | Path | None = None, *, log=print
 ) -> Path:
-    """Path of the dataset a `metaworld://` URI (or spec) names, generating it once per parameter set.
+    """Path of the dataset a `metaworld://` URI (or spec) names, generated once per parameter set
+    (``steps.sim.generated_cache``: a crash leaves nothing under the key, concurrent callers do not clash)."""
+    from steps.sim.generated_cache import generate_once
 
-    Generation happens in a private staging folder that is renamed into place, so a crash never
-    leaves a half-written dataset under the cache key and concurrent callers do not clash.
-    """
     spec = parse_metaworld_uri(source) if isinstance(source, str) else source
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = cache / spec.cache_key()
-    if (target / META_FILE).is_file():
-        log(f"[metaworld] cached: {target}")
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{spec.cache_key()}-", dir=cache))
-    try:
-        generate_demonstrations(spec, staging / "dataset", log=log)
-        try:
-            os.rename(staging / "dataset", target)
-        except OSError:
-            if not (target / META_FILE).is_file():  # lost a race only if the winner finished
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return generate_once(cache, spec.cache_key(), META_FILE,
+                         lambda folder: generate_demonstrations(spec, folder, log=log), label="metaworld", log=log)  # fmt: skip
 
 
 def _versions() -> dict:
