@@ -70,7 +70,8 @@ def inspect_run(root: Path, run_id: str | None = None) -> dict:
         data = run["end"].task.data if run.successful else None
         if data is not None:
             out.update(lineage_id=data.lineage_id, mlflow_run_id=data.mlflow_run_id, model_version=data.model_version,
-                       train_result=data.train_result, eval_metrics=data.eval_metrics, run_config=data.run_config)
+                       train_result=data.train_result, eval_metrics=data.eval_metrics, run_config=data.run_config,
+                       content_digest=(data.norm_stats.get("metadata", {{}}).get("dataset") or {{}}).get("content_digest"))
         print("INSPECT" + json.dumps(out))
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=root, env=flow_env(root), capture_output=True,
@@ -460,6 +461,8 @@ def _mlflow_checks(root: Path, info: dict, *, expect_world_size: int) -> None:
     assert tags["metaflow.pathspec"] == f"SFTFlow/{info['id']}"
     assert tags["config_type"] == "pi05_metaworld" and tags["finetune"] == "full"
     assert tags["dataset.fingerprint"] and "metric.val_loss" in tags
+    # The digest of every state/action value read (the statistics' own), beside the meta-only fingerprint.
+    assert len(info["content_digest"]) == 32 and tags["dataset.content_digest"] == info["content_digest"]
     assert (
         tags["dataset.id"] == run.data.params["data.dataset"] == "demo://metaworld_demo"
     )  # one name everywhere

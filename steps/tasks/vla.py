@@ -65,7 +65,7 @@ class VlaTask(RunTask):
         from steps.train.launch import local_export
 
         export_dir = local_export(export_uri, workdir)
-        tags = self.lineage_tags(who, fetched)
+        tags = {**self.lineage_tags(who, fetched), **_content_digest_tag(export_dir)}
         model_logging.write_model_card(export_dir, metrics=metrics, lineage=tags)
         version = register.register_model(
             who.tracking_uri, name=self.rc.model_name, model_dir=export_dir, run_id=who.mlflow_run_id,
@@ -75,6 +75,15 @@ class VlaTask(RunTask):
         )  # fmt: skip
         register.close_run(who, metrics=metrics, files=files, final_step=final_step)
         return version.to_dict()
+
+
+def _content_digest_tag(export_dir: Path) -> dict[str, str]:
+    """``dataset.content_digest``: the digest of every state / action value the model's statistics read
+    (training and held-out episodes), from the export's norm_stats.json. ``dataset.fingerprint`` hashes the
+    meta files and file sizes only; this one changes with any value."""
+    stats = json.loads((Path(export_dir) / "norm_stats.json").read_text())
+    digest = stats.get("metadata", {}).get("dataset", {}).get("content_digest")
+    return {"dataset.content_digest": digest} if digest else {}
 
 
 def _model_source(info) -> tuple[str, str]:
