@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from steps.errors import UserError
 from steps.sim.maniskill.tasks import CONTROL_FREQ, DATASET_CONTROL_MODE, check_task_names
 
 URI_SCHEME = "maniskill://"
@@ -48,6 +49,12 @@ ACTION_NAMES = ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]
 # Shipped for the pi05_maniskill demo. Regenerate (about 2 minutes):
 #   python -m steps.sim.maniskill.demonstrations --tasks PickCube-v1 --episodes 10 --out <this folder>
 DEMO_DATASET = Path(__file__).resolve().parents[3] / "data_adapters" / "demo_data" / "maniskill_demo"
+
+
+class TooFewSolved(UserError):
+    """The planner solved too few seeds of a task for the episodes asked (deterministic: seeded)."""
+
+    headline = "Dataset error"
 
 
 @dataclass(frozen=True)
@@ -181,7 +188,7 @@ def generate_demonstrations(spec: ManiskillDataSpec, root: str | Path, *, log=pr
                 kept, seed, max_attempts = 0, spec.seed, 3 * spec.episodes + 5
                 while kept < spec.episodes:
                     if seed - spec.seed >= max_attempts:
-                        raise RuntimeError(f"{task}: the motion planner succeeded on only {kept} of {max_attempts} "
+                        raise TooFewSolved(f"{task}: the motion planner succeeded on only {kept} of {max_attempts} "
                                            f"seeds from {spec.seed}; ask for fewer episodes")  # fmt: skip
                     sim.send("call", method="demonstrate", kwargs={"task": task, "seed": seed})
                     demo = sim.recv()["result"]
