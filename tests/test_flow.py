@@ -69,9 +69,10 @@ def inspect_run(root: Path, run_id: str | None = None) -> dict:
                "attempts": {{s.id: max(t.current_attempt for t in s) for s in run}}}}
         data = run["end"].task.data if run.successful else None
         if data is not None:
+            dataset = data.norm_stats.get("metadata", {{}}).get("dataset")  # a dict for VLA runs, a name for text
             out.update(lineage_id=data.lineage_id, mlflow_run_id=data.mlflow_run_id, model_version=data.model_version,
                        train_result=data.train_result, eval_metrics=data.eval_metrics, run_config=data.run_config,
-                       content_digest=(data.norm_stats.get("metadata", {{}}).get("dataset") or {{}}).get("content_digest"))
+                       content_digest=dataset.get("content_digest") if isinstance(dataset, dict) else None)
         print("INSPECT" + json.dumps(out))
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=root, env=flow_env(root), capture_output=True,
