@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 
-def spec_cache_key(prefix: str, spec: Mapping, generator: str) -> str:
+def spec_cache_key(prefix: str, spec: Mapping, generator: int) -> str:
     """``<prefix>-<n>tasks-<e>ep-<r>px-<digest>``: readable, and determined by ``spec`` and ``generator``."""
     payload = json.dumps({**spec, "generator": generator}, sort_keys=True)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -8,14 +8,14 @@ Rows are either chat (``messages``: a list of ``{"role", "content"}``) or ``prom
   its own, so the labels are exactly the assistant tokens (-100 elsewhere).
 - Prompt/completion rows: ``[bos] prompt`` masked, ``completion [eos]`` learned.
 - Longer than ``max_seq_len``: cut when ``truncation`` is on, else an error naming the row.
-
-A dataset that cannot be used as it is raises ``TextDatasetError`` (a user error: every step shows it as
-"Dataset error" and one line naming the file, line or row, never a traceback); a tokenizer that cannot
-render the rows raises ``UserError`` naming the tokenizer.
 - ``packing`` concatenates rows (in order) into sequences of at most ``max_seq_len`` tokens.
 
 The train / validation split is a seeded permutation of row indices (``split_rows``); the trainer's
 resumable sampler (``steps.train.data_loader``) draws from the tokenized examples by stream position.
+
+A dataset that cannot be used as it is raises ``TextDatasetError`` (a user error: every step shows it as
+"Dataset error" and one line naming the file, line or row, never a traceback); a tokenizer that cannot
+render the rows raises ``UserError`` naming the tokenizer.
 """
 
 from __future__ import annotations
